@@ -1,0 +1,70 @@
+"""Speed of a variant under several option sets, side by side in one run: SPS and where an iteration's time goes.
+
+Each option set runs the script for a few iterations (in a subprocess, its own runs folder) and the per-iteration
+timings it logs to TensorBoard (perf/*) are read back. The first iteration is warm-up (and compilation) and is left
+out of the steady-state figures. Usage: python benchmark/speed.py [--script ppo_procgen.py] [--iterations 3] [-- extra]
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OPTION_SETS = {
+    "fp32": ["--amp", "none", "--no-channels-last", "--no-compile"],
+    "channels_last": ["--amp", "none", "--channels-last", "--no-compile"],
+    "channels_last+bf16": ["--amp", "bf16", "--channels-last", "--no-compile"],
+    "channels_last+bf16+compile": ["--amp", "bf16", "--channels-last", "--compile"],
+}
+
+
+def scalars(run_dir):
+    acc = EventAccumulator(run_dir)
+    acc.Reload()
+    return {tag: np.array([e.value for e in acc.Scalars(tag)]) for tag in acc.Tags()["scalars"]}
+
+
+def measure(script, options, iterations, num_envs, num_steps, extra):
+    with tempfile.TemporaryDirectory() as runs:
+        steps = iterations * num_envs * num_steps
+        cmd = [sys.executable, os.path.join(ROOT, script), "--num-envs", str(num_envs), "--num-steps", str(num_steps),
+               "--total-timesteps", str(steps), "--eval-frequency", str(10 * steps), "--checkpoint-frequency", str(steps),
+               "--runs-dir", runs, *options, *extra]  # fmt: skip
+        print("$", " ".join(cmd[1:]), flush=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"speed.py: error: the run failed:\n{proc.stderr[-2000:]}")
+        s = scalars(os.path.join(runs, os.listdir(runs)[0]))
+    steady = slice(1, None) if iterations > 1 else slice(None)
+    t = {k: s[f"perf/{k}_time"][steady].mean() for k in ["rollout", "env", "inference", "update"]}
+    return {"sps": num_envs * num_steps / (t["rollout"] + t["update"]), **t, "eval": s["perf/eval_time"].mean()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--script", default="ppo_procgen.py")
+    parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--num-envs", type=int, default=64)
+    parser.add_argument("--num-steps", type=int, default=64, help="per iteration; the update's cost per sample is the same")
+    parser.add_argument("--sets", nargs="+", default=list(OPTION_SETS), choices=list(OPTION_SETS))
+    parser.add_argument("extra", nargs="*", help="passed to every run (after --)")
+    args = parser.parse_args()
+    rows = {name: measure(args.script, OPTION_SETS[name], args.iterations, args.num_envs, args.num_steps, args.extra)
+            for name in args.sets}  # fmt: skip
+    base = rows[args.sets[0]]["sps"]
+    print(f"\n{args.script}, {args.num_envs} envs x {args.num_steps} steps, iterations 2..{args.iterations} "
+          f"(seconds per iteration; eval: one evaluation of the run's --num-eval-episodes per split)\n")  # fmt: skip
+    print("| options | SPS | speed-up | rollout | env | inference | update | eval |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['sps']:.0f} | {r['sps'] / base:.2f}x | {r['rollout']:.2f} | {r['env']:.2f} | "
+              f"{r['inference']:.2f} | {r['update']:.2f} | {r['eval']:.1f} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

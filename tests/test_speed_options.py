@@ -1,0 +1,45 @@
+"""The speed options (channels-last, bf16 autocast, compile) compute what fp32 computes, within stated tolerances."""
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+from test_ppo_procgen import random_obs
+
+import ppo_procgen as base
+
+
+def loss_and_grads(agent, x, actions):
+    agent.zero_grad()
+    logits, value = agent(x)
+    logp = torch.log_softmax(logits, -1).gather(1, actions[:, None]).squeeze(1)
+    (-(logp * torch.linspace(-1, 1, len(x))).mean() + 0.5 * ((value - 1.0) ** 2).mean()).backward()
+    return logits.detach(), value.detach(), torch.cat([p.grad.flatten() for p in agent.parameters()])
+
+
+@pytest.mark.parametrize("arch", ["impala", "espeholt"])
+@pytest.mark.parametrize(
+    "options, logit_atol, grad_cos",
+    [
+        (dict(channels_last=True, amp="none", compile=False), 1e-4, 0.9999),
+        (dict(channels_last=True, amp="bf16", compile=False), 0.05, 0.99),
+        (dict(channels_last=False, amp="bf16", compile=False), 0.05, 0.99),
+    ],
+)
+def test_fast_path_matches_fp32(arch, options, logit_atol, grad_cos):
+    torch.manual_seed(0)
+    ref = base.Agent(15, arch, (16, 32, 32), "gap")
+    for p in ref.parameters():  # trained-looking heads: the default 0.01-std actor head makes logits trivially close
+        if p.dim() == 2 and p.shape[0] in (1, 15):
+            torch.nn.init.normal_(p, std=0.05)
+    fast = copy.deepcopy(ref)
+    base.set_speed_options(fast, SimpleNamespace(**options), torch.device("cpu"))
+    x, actions = random_obs(128, seed=3), torch.randint(0, 15, (128,), generator=torch.Generator().manual_seed(4))
+    logits_ref, value_ref, grad_ref = loss_and_grads(ref, x, actions)
+    logits, value, grad = loss_and_grads(fast, x, actions)
+    assert logits.dtype == torch.float32 and value.dtype == torch.float32
+    assert (logits - logits_ref).abs().max() < logit_atol
+    assert (value - value_ref).abs().max() < logit_atol
+    assert torch.nn.functional.cosine_similarity(grad, grad_ref, dim=0) > grad_cos
+    assert (grad.norm() / grad_ref.norm() - 1).abs() < 1 - grad_cos + 0.01
