@@ -193,9 +193,8 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
 
 
 def conv(in_channels, out_channels, kernel_size, stride=1):
-    return nn.Conv2d(
-        in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2 if stride == 1 else 0, bias=False
-    )
+    padding = kernel_size // 2 if stride == 1 else 0
+    return nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False)  # BN follows
 
 
 def norm(channels):
@@ -626,7 +625,7 @@ if __name__ == "__main__":
             # ALGO LOGIC: action logic
             t = time.time()
             with torch.inference_mode():
-                action, logprob, _, value = agent.get_action_and_value(next_obs)
+                action, logprob, _, value = agent.get_action_and_value(obs[step])
                 values[step] = value
             actions[step] = action
             logprobs[step] = logprob
