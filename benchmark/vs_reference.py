@@ -1,0 +1,48 @@
+"""Print a run's evaluations next to the published PPO reference curve (openai/train-procgen, CoinRun easy, 200 levels).
+
+Usage: python benchmark/vs_reference.py RUN_DIR_OR_EVAL_JSONL [...]
+The reference (benchmark/reference_train_procgen_coinrun_easy200.csv) is the mean +- std over 3 seeds of
+train-procgen's `eprewmean` (last 100 training episodes), linearly interpolated here onto each evaluation step.
+"""
+
+import csv
+import json
+import os
+import sys
+
+import numpy as np
+
+REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_train_procgen_coinrun_easy200.csv")
+
+
+def reference():
+    rows = list(csv.DictReader(line for line in open(REFERENCE) if not line.startswith("#")))
+    return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
+
+
+def interpolate(ref, key, step):
+    steps = np.concatenate([[0], ref["step"]])  # before training: the random policy's ~2.7-3.0, see README
+    return float(np.interp(step, steps, np.concatenate([[np.nan], ref[key]]))) if step >= ref["step"][0] else float("nan")
+
+
+def main(paths):
+    ref = reference()
+    for path in paths:
+        path = os.path.join(path, "eval.jsonl") if os.path.isdir(path) else path
+        if not os.path.isfile(path):
+            sys.exit(f"vs_reference.py: error: no such file: {path}")
+        rows = [json.loads(line) for line in open(path)]
+        print(f"\n{path}\n")
+        print("| step | train | test | gap | reference train | reference test |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            s = r["global_step"]
+            rt, rs = interpolate(ref, "train_mean", s), interpolate(ref, "test_mean", s)
+            fmt = lambda v: "-" if np.isnan(v) else f"{v:.2f}"
+            print(f"| {s} | {r['train_return']:.2f} | {r['test_return']:.2f} | {r['gap']:+.2f} | {fmt(rt)} | {fmt(rs)} |")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    main(sys.argv[1:])
