@@ -1,0 +1,260 @@
+"""The generalization report for trained agents: every training level, unseen test levels, the gap, with CIs.
+
+    python eval_generalization.py RUN_DIR_OR_CHECKPOINT [...] [--episodes-per-level 5] [--test-episodes 1000]
+    python eval_generalization.py --random            # a uniform random policy, evaluated the same way
+
+Each checkpoint records the variant script that wrote it; the Agent, env construction and evaluation loop are imported
+from that script (only the project's own variants are ever imported), so there is no fourth copy of the network.
+Train levels: each of the run's training levels k is played --episodes-per-level times in an env with
+start_level=k, num_levels=1 (exactly level k), so the train score is over all levels, not a sample. Test levels:
+--test-episodes episodes on unbounded levels from a seed unrelated to training; each env plays exactly one episode, so
+short episodes are not over-sampled. BN is in eval mode; the policy samples (--greedy: argmax).
+"""
+
+import argparse
+import glob
+import importlib
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+VARIANTS = ("ppo_procgen", "ppo_procgen_aug", "ppo_procgen_nobn")
+# Procgen's normalisation constants (R_min, R_max), easy mode, from openai/train-procgen; others are not reported.
+NORMALIZATION = {"coinrun": (5.0, 10.0)}
+EVAL_SEED = 0x5EED  # unrelated to any training seed's derivation
+
+
+def fail(msg):
+    sys.exit(f"eval_generalization.py: error: {msg}")
+
+
+def load_agent(path, device):
+    """(variant module, checkpoint args, agent in eval mode) for a checkpoint or a run folder's latest checkpoint."""
+    if not os.path.exists(path):
+        fail(f"no such checkpoint or run folder: {path}")
+    if os.path.isdir(path):
+        found = sorted(glob.glob(os.path.join(path, "checkpoints", "*.pt")))
+        if not found:
+            fail(f"no checkpoint in {path}/checkpoints/")
+        path = found[-1]
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
+    except Exception as e:
+        fail(f"{path} is not a readable checkpoint ({type(e).__name__})")
+    if not isinstance(ckpt, dict) or not {"variant", "model", "args"} <= set(ckpt):
+        fail(f"{path} is not a checkpoint of this project")
+    if ckpt["variant"] not in VARIANTS:
+        fail(f"{path} was written by {ckpt['variant']!r}, which is not one of this project's scripts {VARIANTS}")
+    try:
+        module = importlib.import_module(ckpt["variant"])
+    except ImportError:
+        fail(f"{path} needs {ckpt['variant']}.py, which is not here")
+    a = ckpt["args"]
+    channels = tuple(a["channels"]) if a["channels"] is not None else None
+    agent = module.Agent(15, a["arch"], channels, a["pool"])
+    try:
+        agent.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        fail(f"{path} does not fit {ckpt['variant']}.py's {a['arch']} network: {str(e).splitlines()[0]}")
+    speed = argparse.Namespace(
+        channels_last=device.type != "mps", amp="bf16" if device.type == "cpu" else "none", compile=False
+    )
+    module.set_speed_options(agent.to(device), speed, device)
+    return module, a, path, agent.eval(), ckpt["global_step"]
+
+
+class RandomAgent(torch.nn.Module):
+    """Uniform random policy with the Agent's interface (zero logits: evaluate's sampling picks uniformly)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return torch.zeros(len(x), 15, device=x.device), torch.zeros(len(x), device=x.device)
+
+
+def per_level_envs(env_id, levels, episodes, distribution_mode, seed):
+    """One vector env holding `episodes` envs fixed to each level in `levels` (start_level=k, num_levels=1)."""
+    import gym3
+    from procgen import ProcgenGym3Env
+
+    parts = [
+        ProcgenGym3Env(
+            num=episodes,
+            env_name=env_id,
+            start_level=int(k),
+            num_levels=1,
+            distribution_mode=distribution_mode,
+            rand_seed=(seed + int(k)) % 2**31,
+        )
+        for k in levels
+    ]
+    return gym3.ToBaselinesVecEnv(gym3.ConcatEnv(parts))
+
+
+def summarize(returns, completed, lengths, env_id):
+    n = len(returns)
+    se = returns.std(ddof=1) / np.sqrt(n) if n > 1 else float("nan")
+    mean = float(returns.mean())
+    out = {
+        "mean": mean,
+        "std": float(returns.std(ddof=1)) if n > 1 else 0.0,
+        "ci95": [mean - 1.96 * se, mean + 1.96 * se],
+        "se": float(se),
+        "completion": float(completed.mean()),
+        "mean_length": float(lengths.mean()),
+        "episodes": n,
+    }
+    if env_id in NORMALIZATION:
+        lo, hi = NORMALIZATION[env_id]
+        out["normalized"] = (mean - lo) / (hi - lo)
+    return out
+
+
+def evaluate_agent(module, agent, a, opts, device):
+    env_id, mode = a["env_id"], a["distribution_mode"]
+    generator = torch.Generator(device).manual_seed(EVAL_SEED)
+    num_train = a["num_levels"] if opts.num_train_levels is None else min(opts.num_train_levels, a["num_levels"])
+    levels = np.arange(a["start_level"], a["start_level"] + num_train)
+    train = {"returns": [], "completed": [], "lengths": [], "levels": []}
+    chunk = max(1, opts.max_envs // opts.episodes_per_level)
+    for i in range(0, len(levels), chunk):
+        envs = per_level_envs(env_id, levels[i : i + chunk], opts.episodes_per_level, mode, EVAL_SEED)
+        ret, length, completed, played = module.evaluate(agent, envs, generator, opts.greedy)
+        envs.close()
+        expected = np.repeat(levels[i : i + chunk], opts.episodes_per_level)
+        assert (played == expected).all(), "an env did not play its level"
+        for key, v in zip(["returns", "completed", "lengths", "levels"], [ret, completed, length, played]):
+            train[key].append(v)
+        print(f"  train levels {i + len(expected) // opts.episodes_per_level}/{len(levels)}", flush=True)
+    train = {k: np.concatenate(v) for k, v in train.items()}
+    test = {"returns": [], "completed": [], "lengths": []}
+    for i in range(0, opts.test_episodes, opts.max_envs):
+        n = min(opts.max_envs, opts.test_episodes - i)
+        envs = module.make_env(env_id, n, 0, 0, mode, (EVAL_SEED * 7919 + i) % 2**31)
+        ret, length, completed, _ = module.evaluate(agent, envs, generator, opts.greedy)
+        envs.close()
+        for key, v in zip(["returns", "completed", "lengths"], [ret, completed, length]):
+            test[key].append(v)
+        print(f"  test episodes {i + n}/{opts.test_episodes}", flush=True)
+    test = {k: np.concatenate(v) for k, v in test.items()}
+    report = {
+        "train": summarize(train["returns"], train["completed"], train["lengths"], env_id),
+        "test": summarize(test["returns"], test["completed"], test["lengths"], env_id),
+    }
+    gap = report["train"]["mean"] - report["test"]["mean"]
+    gap_se = np.hypot(report["train"]["se"], report["test"]["se"])
+    report["gap"] = {"mean": gap, "ci95": [gap - 1.96 * gap_se, gap + 1.96 * gap_se]}
+    per_level = [
+        (
+            int(k),
+            int((train["levels"] == k).sum()),
+            float(train["returns"][train["levels"] == k].mean()),
+            float(train["completed"][train["levels"] == k].mean()),
+        )
+        for k in levels
+    ]
+    return report, per_level
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("paths", nargs="*", help="checkpoints (.pt) or run folders (their latest checkpoint)")
+    p.add_argument("--random", action="store_true", help="also evaluate a uniform random policy (no checkpoint needed)")
+    p.add_argument("--episodes-per-level", type=int, default=5)
+    p.add_argument("--num-train-levels", type=int, default=None, help="only the first N training levels (default: all)")
+    p.add_argument("--test-episodes", type=int, default=1000)
+    p.add_argument("--greedy", action="store_true", help="argmax actions instead of sampling")
+    p.add_argument("--max-envs", type=int, default=250, help="envs stepped at once")
+    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--out", default=None, help="output folder (default: next to a single checkpoint, else ./generalization_report)"
+    )
+    opts = p.parse_args(argv)
+    if not opts.paths and not opts.random:
+        p.error("give at least one checkpoint or run folder, or --random")
+    if min(opts.episodes_per_level, opts.test_episodes, opts.max_envs) <= 0 or (opts.num_train_levels or 1) <= 0:
+        p.error("--episodes-per-level, --test-episodes, --max-envs and --num-train-levels must be positive")
+    device = torch.device(opts.device)
+    entries = []  # (name, module, args, agent)
+    for path in opts.paths:
+        module, a, ckpt_path, agent, step = load_agent(path, device)
+        entries.append(
+            (f"{os.path.basename(os.path.dirname(os.path.dirname(ckpt_path)))}@{step}", module, a, agent, ckpt_path)
+        )
+    if opts.random:
+        module = importlib.import_module("ppo_procgen")
+        a = (
+            entries[0][2]
+            if entries
+            else {"env_id": "coinrun", "distribution_mode": "easy", "num_levels": 200, "start_level": 0}
+        )
+        entries.append(("random", module, a, RandomAgent().to(device), None))
+    out = opts.out or (os.path.dirname(os.path.dirname(entries[0][4])) if len(opts.paths) == 1 else "generalization_report")
+    os.makedirs(out, exist_ok=True)
+    results = {}
+    for name, module, a, agent, ckpt_path in entries:
+        t0 = time.time()
+        print(f"{name}:", flush=True)
+        report, per_level = evaluate_agent(module, agent, a, opts, device)
+        report.update(checkpoint=ckpt_path, env_id=a["env_id"], seconds=time.time() - t0, greedy=opts.greedy)
+        results[name] = report
+        csv_path = os.path.join(out, f"levels_{name.replace('@', '_step')}.csv")
+        with open(csv_path + ".tmp", "w") as f:
+            f.write(
+                "level,episodes,mean_return,completion\n" + "".join(f"{k},{n},{r:.4f},{c:.4f}\n" for k, n, r, c in per_level)
+            )
+        os.replace(csv_path + ".tmp", csv_path)
+        report["hardest_levels"] = [k for k, _, r, _ in sorted(per_level, key=lambda x: (x[2], x[0]))[:10]]
+    agents = [r for n, r in results.items() if n != "random"]
+    summary = {}
+    if len(agents) > 1:
+        for split in ["train", "test", "gap"]:
+            vals = [r[split]["mean"] for r in agents]
+            summary[split] = {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)), "values": vals}
+    write(out, {"checkpoints": results, "across_checkpoints": summary}, opts)
+    print(open(os.path.join(out, "report.md")).read())
+
+
+def write(out, data, opts):
+    for name, text in [("report.json", json.dumps(data, indent=2)), ("report.md", markdown(data, opts))]:
+        with open(os.path.join(out, name) + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(os.path.join(out, name) + ".tmp", os.path.join(out, name))
+
+
+def markdown(data, opts):
+    policy = "greedy (argmax)" if opts.greedy else "stochastic"
+    lines = [
+        f"# Generalization report\n\n{opts.episodes_per_level} episodes per training level, {opts.test_episodes} test "
+        f"episodes on unbounded levels, {policy} policy, BN in eval mode. CI: mean +- 1.96 SE (episodes).\n",
+        "| checkpoint | train | test | gap (train - test) | train completion | test completion | normalized test | seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in data["checkpoints"].items():
+        ci = lambda s: f"{s['mean']:.2f} [{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}]"
+        norm = f"{r['test']['normalized']:.2f}" if "normalized" in r["test"] else "-"
+        lines.append(
+            f"| {name} | {ci(r['train'])} | {ci(r['test'])} | {ci(r['gap'])} | {r['train']['completion']:.1%} | "
+            f"{r['test']['completion']:.1%} | {norm} | {r['seconds']:.0f} |"
+        )
+    if data["across_checkpoints"]:
+        s = data["across_checkpoints"]
+        lines.append(
+            f"| mean +- std over {len(s['train']['values'])} checkpoints | {s['train']['mean']:.2f} +- "
+            f"{s['train']['std']:.2f} | {s['test']['mean']:.2f} +- {s['test']['std']:.2f} | {s['gap']['mean']:.2f} +- "
+            f"{s['gap']['std']:.2f} | | | | |"
+        )
+    lines.append("\nHardest training levels (lowest mean return first):\n")
+    for name, r in data["checkpoints"].items():
+        lines.append(f"- {name}: {', '.join(map(str, r['hardest_levels']))}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
