@@ -1,0 +1,239 @@
+"""Aggregate a benchmark's runs into the gap table (gap_table.md / .json) and curves.png.
+
+    python benchmark/aggregate.py OUT_DIR [--last 3]
+
+Reads OUT_DIR/runs/{env}__{variant}__{seed}__{time}/eval.jsonl. A run's cell is the mean of its last --last
+evaluations; across seeds: mean +- std, the per-seed values, and a 95% Student-t CI over seeds (honest with 3 seeds:
+t(0.975, 2) = 4.30, not 1.96). A random-policy row is added from OUT_DIR/random/report.json when present
+(`eval_generalization.py --random --out OUT_DIR/random`).
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from vs_reference import reference  # noqa: E402
+
+VARIANTS = ["ppo_procgen", "ppo_procgen_aug", "ppo_procgen_nobn"]
+TARGETS = {"train": 8.0, "test": 6.5, "gap": 2.0, "gap_reduction": 0.5}  # the brief's done-when gates
+
+
+def t_quantile(p, df):
+    """Student-t quantile by bisection on a numerically integrated CDF (no scipy needed)."""
+    logc = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(t):
+        x = np.linspace(0.0, t, 20001)
+        pdf = np.exp(logc - (df + 1) / 2 * np.log1p(x**2 / df))
+        return 0.5 + np.sum((pdf[1:] + pdf[:-1]) / 2 * np.diff(x))
+
+    lo, hi = 0.0, 1000.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def seed_stats(values):
+    v = np.asarray(values, dtype=float)
+    out = {"mean": float(v.mean()), "values": v.tolist(), "n": len(v)}
+    if len(v) > 1:
+        sd = float(v.std(ddof=1))
+        half = t_quantile(0.975, len(v) - 1) * sd / math.sqrt(len(v))
+        out.update(std=sd, ci95=[out["mean"] - half, out["mean"] + half])
+    else:
+        out.update(std=None, ci95=None)
+    return out
+
+
+def load_runs(out_dir):
+    runs = {}
+    root = os.path.join(out_dir, "runs")
+    if not os.path.isdir(root):
+        sys.exit(f"aggregate.py: error: no runs folder {root}")
+    for name in sorted(os.listdir(root)):
+        parts = name.split("__")
+        path = os.path.join(root, name, "eval.jsonl")
+        if len(parts) != 4 or not os.path.isfile(path):
+            continue
+        rows = [json.loads(line) for line in open(path)]
+        if rows:
+            runs.setdefault(parts[1], {})[int(parts[2])] = rows
+    if not runs:
+        sys.exit(f"aggregate.py: error: no runs with eval.jsonl under {root}")
+    return runs
+
+
+def aggregate(runs, last):
+    table = {}
+    for variant, seeds in runs.items():
+        cells = {k: [] for k in ["train", "test", "gap", "train_completion", "test_completion"]}
+        for rows in seeds.values():
+            tail = rows[-last:]
+            cells["train"].append(np.mean([r["train_return"] for r in tail]))
+            cells["test"].append(np.mean([r["test_return"] for r in tail]))
+            cells["gap"].append(np.mean([r["gap"] for r in tail]))
+            cells["train_completion"].append(np.mean([r["train_completion"] for r in tail]))
+            cells["test_completion"].append(np.mean([r["test_completion"] for r in tail]))
+        row = {k: seed_stats(v) for k, v in cells.items()}
+        row["seeds"] = sorted(seeds)
+        row["steps"] = [rows[-1]["global_step"] for rows in seeds.values()]
+        row["normalized_test"] = (row["test"]["mean"] - 5.0) / 5.0  # CoinRun easy [5, 10]
+        row["sample_efficiency"] = first_step_reaching(seeds)
+        row["every_seed_meets_targets"] = all(
+            tr >= TARGETS["train"] and te >= TARGETS["test"] and g < TARGETS["gap"]
+            for tr, te, g in zip(cells["train"], cells["test"], cells["gap"])
+        )
+        table[variant] = row
+    return table
+
+
+def first_step_reaching(seeds):
+    """First evaluation step at which the seed-mean train >= 8.0 and test >= 6.5 (steps all seeds evaluated)."""
+    common = sorted(set.intersection(*[{r["global_step"] for r in rows} for rows in seeds.values()]))
+    for step in common:
+        at = [next(r for r in rows if r["global_step"] == step) for rows in seeds.values()]
+        if (
+            np.mean([r["train_return"] for r in at]) >= TARGETS["train"]
+            and np.mean([r["test_return"] for r in at]) >= TARGETS["test"]
+        ):
+            return step
+    return None
+
+
+def comparison(table):
+    if "ppo_procgen" not in table or "ppo_procgen_aug" not in table:
+        return None
+    base, aug = table["ppo_procgen"], table["ppo_procgen_aug"]
+    reduction = base["gap"]["mean"] - aug["gap"]["mean"]
+    out = {
+        "gap_reduction": reduction,
+        "gap_reduction_ci95": None,
+        "train_change": aug["train"]["mean"] - base["train"]["mean"],
+    }
+    if base["gap"]["n"] > 1 and aug["gap"]["n"] > 1:  # Welch-style, with the smaller df (conservative)
+        se = math.hypot(base["gap"]["std"] / math.sqrt(base["gap"]["n"]), aug["gap"]["std"] / math.sqrt(aug["gap"]["n"]))
+        half = t_quantile(0.975, min(base["gap"]["n"], aug["gap"]["n"]) - 1) * se
+        out["gap_reduction_ci95"] = [reduction - half, reduction + half]
+    return out
+
+
+def checklist(table, comp):
+    main = table.get("ppo_procgen_aug") or next(iter(table.values()))
+    items = [
+        ("train >= 8.0", main["train"]["mean"] >= TARGETS["train"]),
+        ("test >= 6.5", main["test"]["mean"] >= TARGETS["test"]),
+        ("gap < 2.0", main["gap"]["mean"] < TARGETS["gap"]),
+        ("gap reduction from augmentation >= 0.5", comp is not None and comp["gap_reduction"] >= TARGETS["gap_reduction"]),
+        ("augmentation does not hurt training", comp is not None and comp["train_change"] >= 0),
+        ("consistent across seeds (every seed meets train/test/gap)", main["every_seed_meets_targets"]),
+    ]
+    return [{"check": c, "pass": bool(p)} for c, p in items]
+
+
+def fmt(s, pct=False):
+    f = (lambda x: f"{x:.1%}") if pct else (lambda x: f"{x:.2f}")
+    if s["std"] is None:
+        return f(s["mean"])
+    return f"{f(s['mean'])} +- {f(s['std'])} [{f(s['ci95'][0])}, {f(s['ci95'][1])}]"
+
+
+def markdown(table, comp, checks, random_row, last):
+    lines = [
+        f"# Gap table\n\nCell: mean of a run's last {last} evaluations; across seeds mean +- std [95% Student-t CI].\n",
+        "| variant | seeds | steps | train | test | gap | train completion | test completion | normalized test |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for v, r in table.items():
+        lines.append(
+            f"| {v} | {','.join(map(str, r['seeds']))} | {min(r['steps'])} | {fmt(r['train'])} | {fmt(r['test'])} | "
+            f"{fmt(r['gap'])} | {fmt(r['train_completion'], True)} | {fmt(r['test_completion'], True)} | "
+            f"{r['normalized_test']:.2f} |"
+        )
+    if random_row:
+        lines.append(
+            f"| random policy | - | - | {random_row['train']['mean']:.2f} | {random_row['test']['mean']:.2f} | "
+            f"{random_row['gap']['mean']:.2f} | {random_row['train']['completion']:.1%} | "
+            f"{random_row['test']['completion']:.1%} | {(random_row['test']['mean'] - 5) / 5:.2f} |"
+        )
+    if comp:
+        ci = comp["gap_reduction_ci95"]
+        ci_text = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+        lines.append(
+            f"\nGap reduction from augmentation (no-aug gap - aug gap): {comp['gap_reduction']:.2f}{ci_text}; "
+            f"train change with augmentation: {comp['train_change']:+.2f}."
+        )
+    lines.append(
+        "\nSample efficiency (first step with seed-mean train >= 8.0 and test >= 6.5): "
+        + ", ".join(
+            f"{v}: {r['sample_efficiency'] if r['sample_efficiency'] is not None else 'not reached'}" for v, r in table.items()
+        )
+    )
+    lines.append("\nThe brief's checklist (computed from the data):\n")
+    lines += [f"- [{'x' if c['pass'] else ' '}] {c['check']}" for c in checks]
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ref = reference()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, split in zip(axes, ["train", "test"]):
+        ax.plot(ref["step"], ref[f"{split}_mean"], "k--", lw=1, label="PPO reference (openai/train-procgen, 3 seeds)")
+        for i, (variant, seeds) in enumerate(sorted(runs.items())):
+            steps = sorted(set.intersection(*[{r["global_step"] for r in rows} for rows in seeds.values()]))
+            vals = np.array(
+                [[next(r[f"{split}_return"] for r in rows if r["global_step"] == s) for s in steps] for rows in seeds.values()]
+            )
+            ax.plot(steps, vals.mean(0), color=f"C{i}", label=f"{variant} ({len(seeds)} seed{'s' * (len(seeds) > 1)})")
+            if len(seeds) > 1:
+                ax.fill_between(steps, vals.min(0), vals.max(0), color=f"C{i}", alpha=0.2)
+        max_step = max(r[-1]["global_step"] for seeds in runs.values() for r in seeds.values())
+        ax.set_xlim(0, max(max_step, 1) * 1.05)
+        ax.set_title(f"{split} levels" + (" (200)" if split == "train" else " (unbounded)"))
+        ax.set_xlabel("environment steps")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("evaluation return (band: min-max over seeds)")
+    axes[1].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path + ".tmp.png", dpi=100)
+    os.replace(path + ".tmp.png", path)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("out_dir")
+    p.add_argument("--last", type=int, default=3, help="evaluations averaged per run")
+    args = p.parse_args(argv)
+    runs = load_runs(args.out_dir)
+    table = aggregate(runs, args.last)
+    comp = comparison(table)
+    checks = checklist(table, comp)
+    random_path = os.path.join(args.out_dir, "random", "report.json")
+    random_row = None
+    if os.path.isfile(random_path):
+        random_row = json.load(open(random_path))["checkpoints"].get("random")
+    data = {"last": args.last, "variants": table, "augmentation": comp, "checklist": checks, "random": random_row}
+    for name, text in [
+        ("gap_table.json", json.dumps(data, indent=2)),
+        ("gap_table.md", markdown(table, comp, checks, random_row, args.last)),
+    ]:
+        with open(os.path.join(args.out_dir, name + ".tmp"), "w") as f:
+            f.write(text)
+        os.replace(os.path.join(args.out_dir, name + ".tmp"), os.path.join(args.out_dir, name))
+    plot(runs, os.path.join(args.out_dir, "curves.png"))
+    print(open(os.path.join(args.out_dir, "gap_table.md")).read())
+
+
+if __name__ == "__main__":
+    main()

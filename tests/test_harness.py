@@ -1,0 +1,121 @@
+"""benchmark/coinrun.sh end to end with tiny settings, and benchmark/aggregate.py on runs with known numbers."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, TINY
+
+sys.path.insert(0, os.path.join(ROOT, "benchmark"))
+import aggregate  # noqa: E402
+
+HARNESS_TINY = [*TINY[:-2], "--num-eval-episodes", "2", "--eval-frequency", "128", "--checkpoint-frequency", "128"]
+
+
+def harness(*args):
+    env = {**os.environ, "PYTHON": sys.executable}
+    return subprocess.run(
+        ["bash", os.path.join(ROOT, "benchmark", "coinrun.sh"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=900,
+    )
+
+
+def test_harness_runs_seeds_x_variants_then_skips_finished_runs(tmp_path):
+    proc = harness(
+        "--seeds",
+        "1",
+        "2",
+        "--total-timesteps",
+        "256",
+        "--workers",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        tmp_path,
+        "--",
+        *HARNESS_TINY,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(os.listdir(tmp_path / "runs")) == 6 and len(os.listdir(tmp_path / "logs")) == 6
+    table = json.load(open(tmp_path / "gap_table.json"))
+    assert set(table["variants"]) == {"ppo_procgen", "ppo_procgen_aug", "ppo_procgen_nobn"}
+    assert table["variants"]["ppo_procgen"]["seeds"] == [1, 2] and os.path.getsize(tmp_path / "curves.png") > 10000
+    assert "Gap table" in open(tmp_path / "gap_table.md").read()
+    again = harness("--seeds", "1", "2", "--total-timesteps", "256", "--out", tmp_path, "--dry-run")
+    assert again.returncode == 0 and again.stdout.count("done already") == 6
+    longer = harness("--seeds", "1", "--variants", "ppo_procgen", "--total-timesteps", "512", "--out", tmp_path, "--dry-run")
+    assert "--resume" in longer.stdout  # an unfinished run resumes from its latest checkpoint
+
+
+def test_a_failing_run_fails_the_harness_and_is_named(tmp_path):
+    proc = harness(
+        "--seeds",
+        "1",
+        "--variants",
+        "ppo_procgen",
+        "--total-timesteps",
+        "256",
+        "--threads",
+        "1",
+        "--out",
+        tmp_path,
+        "--",
+        *HARNESS_TINY,
+        "--minibatch-size",
+        "100",
+    )
+    assert proc.returncode != 0 and "ppo_procgen__1" in proc.stderr and "logs/ppo_procgen__1.log" in proc.stderr
+
+
+def test_bad_harness_options_are_refused():
+    for args in [["--workers", "0"], ["--variants", "nosuch"], ["--bogus"]]:
+        proc = harness(*args, "--dry-run")
+        assert proc.returncode != 0 and "coinrun.sh: error" in proc.stderr
+
+
+def write_run(root, variant, seed, rows):
+    d = root / "runs" / f"coinrun__{variant}__{seed}__1"
+    d.mkdir(parents=True)
+    (d / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def row(step, train, test):
+    return {
+        "global_step": step,
+        "train_return": train,
+        "test_return": test,
+        "gap": train - test,
+        "train_completion": train / 10,
+        "test_completion": test / 10,
+    }
+
+
+def test_aggregate_gives_the_known_table(tmp_path):
+    for seed, (tr, te) in enumerate([(8.0, 7.0), (9.0, 7.0), (10.0, 7.0)], start=1):
+        write_run(tmp_path, "ppo_procgen", seed, [row(0, 3, 3), row(100, 1, 1), row(200, tr, te), row(300, tr, te)])
+        write_run(
+            tmp_path, "ppo_procgen_aug", seed, [row(0, 3, 3), row(100, 9, 8), row(200, tr, te + 1), row(300, tr, te + 1)]
+        )
+    aggregate.main([str(tmp_path), "--last", "2"])
+    t = json.load(open(tmp_path / "gap_table.json"))
+    base = t["variants"]["ppo_procgen"]
+    assert base["train"]["values"] == [8.0, 9.0, 10.0] and base["train"]["mean"] == 9.0 and base["train"]["std"] == 1.0
+    assert base["train"]["ci95"] == pytest.approx([9 - 4.302653 / 3**0.5, 9 + 4.302653 / 3**0.5], abs=1e-4)
+    assert base["gap"]["mean"] == pytest.approx(2.0) and base["sample_efficiency"] == 200
+    assert t["variants"]["ppo_procgen_aug"]["sample_efficiency"] == 100
+    assert t["augmentation"]["gap_reduction"] == pytest.approx(1.0) and t["augmentation"]["train_change"] == pytest.approx(0)
+    checks = {c["check"]: c["pass"] for c in t["checklist"]}
+    assert checks["gap reduction from augmentation >= 0.5"] and checks["train >= 8.0"] and checks["gap < 2.0"]
+    assert not checks["consistent across seeds (every seed meets train/test/gap)"]  # seed 3: gap 2.0 is not < 2.0
+
+
+def test_t_quantile_matches_tables():
+    for df, q in [(1, 12.7062), (2, 4.3027), (5, 2.5706), (30, 2.0423)]:
+        assert aggregate.t_quantile(0.975, df) == pytest.approx(q, abs=1e-3)
