@@ -195,7 +195,9 @@ def plot(runs, path):
             vals = np.array(
                 [[next(r[f"{split}_return"] for r in rows if r["global_step"] == s) for s in steps] for rows in seeds.values()]
             )
-            ax.plot(steps, vals.mean(0), color=f"C{i}", label=f"{variant} ({len(seeds)} seed{'s' * (len(seeds) > 1)})")
+            ax.plot(
+                steps, vals.mean(0), "o-", ms=3, color=f"C{i}", label=f"{variant} ({len(seeds)} seed{'s' * (len(seeds) > 1)})"
+            )
             if len(seeds) > 1:
                 ax.fill_between(steps, vals.min(0), vals.max(0), color=f"C{i}", alpha=0.2)
         max_step = max(r[-1]["global_step"] for seeds in runs.values() for r in seeds.values())
