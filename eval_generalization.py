@@ -162,6 +162,61 @@ def evaluate_agent(module, agent, a, opts, device):
     return report, per_level
 
 
+def first_frames(module, env_id, mode, k):
+    """The first observation of training levels 0..k-1 and of k unbounded test levels: (2, k, 64, 64, 3) uint8."""
+    train = per_level_envs(env_id, range(k), 1, mode, EVAL_SEED).reset()["rgb"]
+    test = module.make_env(env_id, k, 0, 0, mode, EVAL_SEED + 1).reset()["rgb"]
+    return np.stack([train, test])
+
+
+def policy_frames(module, agent, env_id, num_levels, mode, n, steps, device):
+    """Observations after `steps` steps of the agent's own play, on training levels and on test levels."""
+    frames = []
+    for levels, seed in [(num_levels, EVAL_SEED + 2), (0, EVAL_SEED + 3)]:
+        envs = module.make_env(env_id, n, levels, 0, mode, seed)
+        obs = envs.reset()["rgb"]
+        with torch.inference_mode():
+            for _ in range(steps):
+                obs = envs.step(agent(torch.as_tensor(obs).to(device))[0].argmax(-1).cpu().numpy())[0]["rgb"]
+        frames.append(obs)
+        envs.close()
+    return np.stack(frames)
+
+
+def saliency(agent, frames, device):
+    """|d logit(argmax action) / d pixel|, max over colour channels, per frame (vanilla gradient saliency)."""
+    x = torch.as_tensor(frames, dtype=torch.float32, device=device).requires_grad_(True)
+    amp, agent.amp_dtype = agent.amp_dtype, None
+    hidden = agent.network(x.permute(0, 3, 1, 2) / 255.0)
+    logits = agent.actor(hidden)
+    logits.gather(1, logits.argmax(-1, keepdim=True)).sum().backward()
+    agent.amp_dtype = amp
+    return x.grad.abs().amax(-1).cpu().numpy()
+
+
+def save_grid(path, rows, titles, overlays=None):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_rows, n_cols = len(rows), len(rows[0])
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.6 * n_cols, 1.8 * n_rows), squeeze=False)
+    for r in range(n_rows):
+        for c in range(n_cols):
+            ax = axes[r][c]
+            ax.imshow(rows[r][c])
+            if overlays is not None:
+                ax.imshow(overlays[r][c], cmap="inferno", alpha=0.6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r][0].set_ylabel(titles[r])
+    fig.tight_layout()
+    fig.savefig(path + ".tmp.png", dpi=80)
+    plt.close(fig)
+    os.replace(path + ".tmp.png", path)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("paths", nargs="*", help="checkpoints (.pt) or run folders (their latest checkpoint)")
@@ -173,11 +228,19 @@ def main(argv=None):
     p.add_argument("--max-envs", type=int, default=250, help="envs stepped at once")
     p.add_argument("--device", default="cpu")
     p.add_argument(
+        "--show-levels", type=int, default=0, metavar="K", help="PNG of the first frame of K train and K test levels"
+    )
+    p.add_argument(
+        "--saliency", type=int, default=0, metavar="N", help="PNG of gradient saliency on N train and N test frames"
+    )
+    p.add_argument(
         "--out", default=None, help="output folder (default: next to a single checkpoint, else ./generalization_report)"
     )
     opts = p.parse_args(argv)
     if not opts.paths and not opts.random:
         p.error("give at least one checkpoint or run folder, or --random")
+    if opts.show_levels < 0 or opts.saliency < 0:
+        p.error("--show-levels and --saliency must be >= 0")
     if min(opts.episodes_per_level, opts.test_episodes, opts.max_envs) <= 0 or (opts.num_train_levels or 1) <= 0:
         p.error("--episodes-per-level, --test-episodes, --max-envs and --num-train-levels must be positive")
     device = torch.device(opts.device)
@@ -197,8 +260,19 @@ def main(argv=None):
         entries.append(("random", module, a, RandomAgent().to(device), None))
     out = opts.out or (os.path.dirname(os.path.dirname(entries[0][4])) if len(opts.paths) == 1 else "generalization_report")
     os.makedirs(out, exist_ok=True)
+    if opts.show_levels:
+        a, module = entries[0][2], entries[0][1]
+        frames = first_frames(module, a["env_id"], a["distribution_mode"], opts.show_levels)
+        save_grid(os.path.join(out, "levels.png"), frames, ["train levels", "test levels"])
     results = {}
     for name, module, a, agent, ckpt_path in entries:
+        if opts.saliency and name != "random":
+            frames = policy_frames(
+                module, agent, a["env_id"], a["num_levels"], a["distribution_mode"], opts.saliency, 30, device
+            )
+            maps = saliency(agent, frames.reshape(-1, *frames.shape[2:]), device).reshape(frames.shape[:3] + frames.shape[3:4])
+            maps = maps / (maps.reshape(2, opts.saliency, -1).max(-1)[..., None, None] + 1e-12)
+            save_grid(os.path.join(out, f"saliency_{name.replace('@', '_step')}.png"), frames, ["train", "test"], maps)
         t0 = time.time()
         print(f"{name}:", flush=True)
         report, per_level = evaluate_agent(module, agent, a, opts, device)

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from conftest import ROOT, run_script
 
 import eval_generalization as eg
@@ -16,7 +17,9 @@ SMALL = ["--num-train-levels", "3", "--episodes-per-level", "2", "--test-episode
 @pytest.fixture(scope="module")
 def report(tiny_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    proc = run_script("eval_generalization.py", tiny_run[0], "--random", *SMALL, "--out", out)
+    proc = run_script(
+        "eval_generalization.py", tiny_run[0], "--random", *SMALL, "--show-levels", "3", "--saliency", "2", "--out", out
+    )
     return out, json.load(open(out / "report.json")), proc
 
 
@@ -32,6 +35,41 @@ def test_report_has_the_fields(report):
         assert r["gap"]["mean"] == pytest.approx(r["train"]["mean"] - r["test"]["mean"])
     md = open(out / "report.md").read()
     assert "| random |" in md and "Hardest training levels" in md and md in proc.stdout
+
+
+def test_level_pictures_and_saliency_are_written(report):
+    out, data, _ = report
+    name = next(iter(data["checkpoints"])).replace("@", "_step")
+    assert os.path.getsize(out / "levels.png") > 5000 and os.path.getsize(out / f"saliency_{name}.png") > 5000
+
+
+def test_saliency_is_the_input_gradient():
+    import ppo_procgen
+
+    torch.manual_seed(0)
+    agent = ppo_procgen.Agent(15).eval()
+    frames = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    maps = eg.saliency(agent, frames, torch.device("cpu"))
+    assert maps.shape == (2, 64, 64) and (maps >= 0).all() and maps.max() > 0
+    x = torch.tensor(frames[:1], dtype=torch.float32)  # finite difference on the most salient pixel
+    i, j = np.unravel_index(maps[0].argmax(), (64, 64))
+    with torch.no_grad():
+        logits = agent.actor(agent.network(x.permute(0, 3, 1, 2) / 255.0))
+        a = logits.argmax()
+        c = torch.stack(
+            [
+                agent.actor(
+                    agent.network(
+                        x.index_put(
+                            (torch.tensor(0), torch.tensor(i), torch.tensor(j), torch.tensor(ch)), x[0, i, j, ch] + 1.0
+                        ).permute(0, 3, 1, 2)
+                        / 255.0
+                    )
+                )[0, a]
+                for ch in range(3)
+            ]
+        )
+    assert (c - logits[0, a]).abs().max().item() == pytest.approx(maps[0, i, j], rel=0.2)
 
 
 def test_per_level_csv_covers_each_level(report):
