@@ -194,6 +194,35 @@ def saliency(agent, frames, device):
     return x.grad.abs().amax(-1).cpu().numpy()
 
 
+def feature_shift(agent, frames, device, seed=0):
+    """Held-out accuracy of a logistic-regression probe telling train-level from test-level penultimate features
+    (0.5: indistinguishable). frames: (2, n, 64, 64, 3); half of each split trains the probe, the rest scores it."""
+    with torch.inference_mode():
+        feats = [
+            agent.network(torch.as_tensor(f).to(device).permute(0, 3, 1, 2).float() / 255.0).float().cpu() for f in frames
+        ]
+    n = len(feats[0])
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    fit, held = perm[: n // 2], perm[n // 2 :]
+    x_fit, x_held = torch.cat([feats[0][fit], feats[1][fit]]), torch.cat([feats[0][held], feats[1][held]])
+    y_fit = torch.cat([torch.zeros(len(fit)), torch.ones(len(fit))])
+    y_held = torch.cat([torch.zeros(len(held)), torch.ones(len(held))])
+    mean, std = x_fit.mean(0), x_fit.std(0) + 1e-6
+    x_fit, x_held = (x_fit - mean) / std, (x_held - mean) / std
+    w, b = torch.zeros(x_fit.shape[1], requires_grad=True), torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=200)
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(x_fit @ w + b, y_fit) + 1e-3 * (w**2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return float(((x_held @ w + b > 0).float() == y_held).float().mean())
+
+
 def save_grid(path, rows, titles, overlays=None):
     import matplotlib
 
@@ -230,6 +259,7 @@ def main(argv=None):
     p.add_argument(
         "--show-levels", type=int, default=0, metavar="K", help="PNG of the first frame of K train and K test levels"
     )
+    p.add_argument("--feature-frames", type=int, default=256, help="frames per split for the feature-shift probe (0: skip)")
     p.add_argument(
         "--saliency", type=int, default=0, metavar="N", help="PNG of gradient saliency on N train and N test frames"
     )
@@ -239,8 +269,8 @@ def main(argv=None):
     opts = p.parse_args(argv)
     if not opts.paths and not opts.random:
         p.error("give at least one checkpoint or run folder, or --random")
-    if opts.show_levels < 0 or opts.saliency < 0:
-        p.error("--show-levels and --saliency must be >= 0")
+    if min(opts.show_levels, opts.saliency, opts.feature_frames) < 0:
+        p.error("--show-levels, --saliency and --feature-frames must be >= 0")
     if min(opts.episodes_per_level, opts.test_episodes, opts.max_envs) <= 0 or (opts.num_train_levels or 1) <= 0:
         p.error("--episodes-per-level, --test-episodes, --max-envs and --num-train-levels must be positive")
     device = torch.device(opts.device)
@@ -276,6 +306,11 @@ def main(argv=None):
         t0 = time.time()
         print(f"{name}:", flush=True)
         report, per_level = evaluate_agent(module, agent, a, opts, device)
+        if opts.feature_frames >= 4 and name != "random":
+            frames = policy_frames(
+                module, agent, a["env_id"], a["num_levels"], a["distribution_mode"], opts.feature_frames, 30, device
+            )
+            report["feature_shift_probe_accuracy"] = feature_shift(agent, frames, device)
         report.update(checkpoint=ckpt_path, env_id=a["env_id"], seconds=time.time() - t0, greedy=opts.greedy)
         results[name] = report
         csv_path = os.path.join(out, f"levels_{name.replace('@', '_step')}.csv")
@@ -327,6 +362,13 @@ def markdown(data, opts):
     lines.append("\nHardest training levels (lowest mean return first):\n")
     for name, r in data["checkpoints"].items():
         lines.append(f"- {name}: {', '.join(map(str, r['hardest_levels']))}")
+    probes = {
+        n: r["feature_shift_probe_accuracy"] for n, r in data["checkpoints"].items() if "feature_shift_probe_accuracy" in r
+    }
+    if probes:
+        lines.append("\nFeature shift: held-out accuracy of a linear probe telling train-level from test-level penultimate")
+        lines.append("features (0.5 = indistinguishable):\n")
+        lines += [f"- {n}: {acc:.3f}" for n, acc in probes.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -11,7 +11,18 @@ from conftest import ROOT, run_script
 
 import eval_generalization as eg
 
-SMALL = ["--num-train-levels", "3", "--episodes-per-level", "2", "--test-episodes", "5", "--max-envs", "4"]
+SMALL = [
+    "--num-train-levels",
+    "3",
+    "--episodes-per-level",
+    "2",
+    "--test-episodes",
+    "5",
+    "--max-envs",
+    "4",
+    "--feature-frames",
+    "8",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +46,7 @@ def test_report_has_the_fields(report):
         assert r["gap"]["mean"] == pytest.approx(r["train"]["mean"] - r["test"]["mean"])
     md = open(out / "report.md").read()
     assert "| random |" in md and "Hardest training levels" in md and md in proc.stdout
+    assert 0 <= data["checkpoints"][names[0]]["feature_shift_probe_accuracy"] <= 1
 
 
 def test_level_pictures_and_saliency_are_written(report):
@@ -70,6 +82,19 @@ def test_saliency_is_the_input_gradient():
             ]
         )
     assert (c - logits[0, a]).abs().max().item() == pytest.approx(maps[0, i, j], rel=0.2)
+
+
+def test_feature_shift_probe_separates_only_what_differs():
+    import ppo_procgen
+
+    torch.manual_seed(0)
+    agent = ppo_procgen.Agent(15).eval()
+    rng = np.random.default_rng(0)
+    same = rng.integers(0, 256, (2, 64, 64, 64, 3), dtype=np.uint8)
+    shifted = same.copy()
+    shifted[1] = shifted[1] // 2  # test frames darker
+    assert eg.feature_shift(agent, shifted, torch.device("cpu")) > 0.9
+    assert 0.3 < eg.feature_shift(agent, same, torch.device("cpu")) < 0.7
 
 
 def test_per_level_csv_covers_each_level(report):
