@@ -223,6 +223,52 @@ def feature_shift(agent, frames, device, seed=0):
         return float(((x_held @ w + b > 0).float() == y_held).float().mean())
 
 
+def record_videos(agent, env_id, mode, n, out, name, generator, greedy, device):
+    """Play up to 4n test episodes keeping only each env's start state and actions (bounded memory), then replay n
+    failures and n successes with Procgen's 512x512 render into GIFs. Returns what each chosen episode was."""
+    import imageio
+    from procgen import ProcgenGym3Env
+
+    num = 4 * n
+    env = ProcgenGym3Env(
+        num=num, env_name=env_id, num_levels=0, start_level=0, distribution_mode=mode, rand_seed=EVAL_SEED + 4
+    )
+    states, actions = env.callmethod("get_state"), []
+    active, ret = np.ones(num, dtype=bool), np.zeros(num)
+    length, completed = np.zeros(num, dtype=np.int64), np.zeros(num, dtype=bool)
+    with torch.inference_mode():
+        while active.any():
+            logits = agent(torch.as_tensor(env.observe()[1]["rgb"]).to(device))[0]
+            if not greedy:
+                logits = logits - torch.log(
+                    -torch.log(torch.rand(logits.shape, generator=generator, device=device).clamp_(1e-20, 1))
+                )
+            act = logits.argmax(-1).cpu().numpy()
+            env.act(act)
+            actions.append(act)
+            rew, _, first = env.observe()
+            ret[active] += rew[active]
+            length[active] += 1
+            for i in np.flatnonzero(active & first):
+                active[i], completed[i] = False, bool(env.get_info()[i]["prev_level_complete"])
+    chosen = list(np.flatnonzero(~completed)[:n]) + list(np.flatnonzero(completed)[:n])
+    videos = []
+    for i in chosen:
+        outcome = "coin" if completed[i] else "timeout" if length[i] >= 1000 else "death"
+        replay = ProcgenGym3Env(num=1, env_name=env_id, distribution_mode=mode, render_mode="rgb_array")
+        replay.callmethod("set_state", [states[i]])
+        frames = []
+        for t in range(length[i]):
+            replay.act(np.array([actions[t][i]]))
+            if t % 2 == 0:
+                frames.append(replay.get_info()[0]["rgb"][::2, ::2])
+        path = os.path.join(out, f"video_{name.replace('@', '_step')}_{len(videos)}_{outcome}.gif")
+        imageio.mimsave(path + ".tmp.gif", frames, duration=1 / 15)
+        os.replace(path + ".tmp.gif", path)
+        videos.append({"file": os.path.basename(path), "outcome": outcome, "length": int(length[i]), "return": float(ret[i])})
+    return videos
+
+
 def save_grid(path, rows, titles, overlays=None):
     import matplotlib
 
@@ -259,6 +305,7 @@ def main(argv=None):
     p.add_argument(
         "--show-levels", type=int, default=0, metavar="K", help="PNG of the first frame of K train and K test levels"
     )
+    p.add_argument("--videos", type=int, default=0, metavar="N", help="GIFs of N failed and N successful test episodes")
     p.add_argument("--feature-frames", type=int, default=256, help="frames per split for the feature-shift probe (0: skip)")
     p.add_argument(
         "--saliency", type=int, default=0, metavar="N", help="PNG of gradient saliency on N train and N test frames"
@@ -269,8 +316,8 @@ def main(argv=None):
     opts = p.parse_args(argv)
     if not opts.paths and not opts.random:
         p.error("give at least one checkpoint or run folder, or --random")
-    if min(opts.show_levels, opts.saliency, opts.feature_frames) < 0:
-        p.error("--show-levels, --saliency and --feature-frames must be >= 0")
+    if min(opts.show_levels, opts.saliency, opts.feature_frames, opts.videos) < 0:
+        p.error("--show-levels, --saliency, --feature-frames and --videos must be >= 0")
     if min(opts.episodes_per_level, opts.test_episodes, opts.max_envs) <= 0 or (opts.num_train_levels or 1) <= 0:
         p.error("--episodes-per-level, --test-episodes, --max-envs and --num-train-levels must be positive")
     device = torch.device(opts.device)
@@ -306,6 +353,11 @@ def main(argv=None):
         t0 = time.time()
         print(f"{name}:", flush=True)
         report, per_level = evaluate_agent(module, agent, a, opts, device)
+        if opts.videos:
+            gen = torch.Generator(device).manual_seed(EVAL_SEED)
+            report["videos"] = record_videos(
+                agent, a["env_id"], a["distribution_mode"], opts.videos, out, name, gen, opts.greedy, device
+            )
         if opts.feature_frames >= 4 and name != "random":
             frames = policy_frames(
                 module, agent, a["env_id"], a["num_levels"], a["distribution_mode"], opts.feature_frames, 30, device
@@ -362,6 +414,10 @@ def markdown(data, opts):
     lines.append("\nHardest training levels (lowest mean return first):\n")
     for name, r in data["checkpoints"].items():
         lines.append(f"- {name}: {', '.join(map(str, r['hardest_levels']))}")
+    for name, r in data["checkpoints"].items():
+        if r.get("videos"):
+            lines.append(f"\nEpisodes recorded for {name} (test levels):\n")
+            lines += [f"- `{v['file']}`: {v['outcome']}, {v['length']} steps, return {v['return']:.0f}" for v in r["videos"]]
     probes = {
         n: r["feature_shift_probe_accuracy"] for n, r in data["checkpoints"].items() if "feature_shift_probe_accuracy" in r
     }

@@ -29,7 +29,18 @@ SMALL = [
 def report(tiny_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     proc = run_script(
-        "eval_generalization.py", tiny_run[0], "--random", *SMALL, "--show-levels", "3", "--saliency", "2", "--out", out
+        "eval_generalization.py",
+        tiny_run[0],
+        "--random",
+        *SMALL,
+        "--show-levels",
+        "3",
+        "--saliency",
+        "2",
+        "--videos",
+        "1",
+        "--out",
+        out,
     )
     return out, json.load(open(out / "report.json")), proc
 
@@ -47,6 +58,17 @@ def test_report_has_the_fields(report):
     md = open(out / "report.md").read()
     assert "| random |" in md and "Hardest training levels" in md and md in proc.stdout
     assert 0 <= data["checkpoints"][names[0]]["feature_shift_probe_accuracy"] <= 1
+
+
+def test_videos_are_written_with_how_each_episode_ended(report):
+    out, data, _ = report
+    for r in data["checkpoints"].values():
+        assert 1 <= len(r["videos"]) <= 2
+        for v in r["videos"]:
+            assert v["outcome"] in ("coin", "death", "timeout") and (v["outcome"] == "coin") == (v["return"] == 10)
+            assert (v["outcome"] == "timeout") == (v["length"] >= 1000) or v["outcome"] == "coin"
+            assert os.path.getsize(out / v["file"]) > 10000
+    assert "Episodes recorded for random" in open(out / "report.md").read()
 
 
 def test_level_pictures_and_saliency_are_written(report):
