@@ -14,7 +14,10 @@ usage: bash benchmark/coinrun.sh [options] [-- args passed to every run]
   --threads N             torch/OpenMP threads per run (default: cores / workers)
   --device D              auto|cpu|cuda|mps (default: auto)
   --out DIR               output folder: runs in DIR/runs, logs in DIR/logs, table in DIR (default: benchmark/out)
-  --dry-run               print the commands, run nothing
+  --dry-run               print the commands, run nothing (with --slurm: write the job scripts, submit nothing)
+  --slurm                 submit the runs as one Slurm array job, then an aggregation job (afterany) that fails
+                          loudly, naming each run that is missing or unfinished
+  --partition P  --time T  --gpus N  --cpus N  --mem M     Slurm resources per run (--cpus defaults to --threads)
 
 Re-running skips finished runs and resumes interrupted ones from their latest checkpoint. A failed run makes the
 harness exit non-zero, naming the run and its log; the table is still aggregated from what finished.
@@ -24,6 +27,7 @@ EOF
 seeds=(1 2 3)
 variants=(ppo_procgen ppo_procgen_aug ppo_procgen_nobn)
 total=25000000 workers=1 threads="" device=auto out=benchmark/out dry=0 extra=()
+slurm=0 partition="" walltime="" gpus="" cpus="" mem=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --seeds) shift; seeds=(); while [ $# -gt 0 ] && [[ "$1" != --* ]]; do seeds+=("$1"); shift; done; continue ;;
@@ -34,6 +38,12 @@ while [ $# -gt 0 ]; do
     --device) device="$2"; shift ;;
     --out) out="$2"; shift ;;
     --dry-run) dry=1 ;;
+    --slurm) slurm=1 ;;
+    --partition) partition="$2"; shift ;;
+    --time) walltime="$2"; shift ;;
+    --gpus) gpus="$2"; shift ;;
+    --cpus) cpus="$2"; shift ;;
+    --mem) mem="$2"; shift ;;
     -h|--help) usage; exit 0 ;;
     --) shift; extra=("$@"); break ;;
     *) echo "coinrun.sh: error: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -72,6 +82,40 @@ for v in "${variants[@]}"; do
     names+=("${v}__$s") cmds+=("$cmd")
   done
 done
+if [ "$slurm" = 1 ]; then
+  command -v sbatch >/dev/null || [ "$dry" = 1 ] || { echo "coinrun.sh: error: --slurm needs sbatch on PATH" >&2; exit 2; }
+  sdir="$out/slurm"
+  mkdir -p "$sdir"
+  cp benchmark/slurm_array.sh "$sdir/array.sh"
+  cp benchmark/slurm_aggregate.sh "$sdir/aggregate.sh"
+  printf '%s\n' "${names[@]}" > "$sdir/names.txt"
+  printf '%s\n' "${cmds[@]}" > "$sdir/commands.txt"
+  expected=$(for v in "${variants[@]}"; do for s in "${seeds[@]}"; do printf '%s ' "${v}__$s"; done; done)
+  printf 'REPO=%q\nOUT=%q\nTHREADS=%q\nTOTAL=%q\nPY=%q\nEXPECTED=%q\n' "$(pwd)" "$(cd "$out" && pwd)" "$threads" "$total" \
+    "$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")" "$expected" > "$sdir/config.sh"
+  opts=(--job-name=coinrun --cpus-per-task="${cpus:-$threads}" --output="$sdir/%A_%a.out")
+  [ -n "$partition" ] && opts+=(--partition="$partition")
+  [ -n "$walltime" ] && opts+=(--time="$walltime")
+  [ -n "$gpus" ] && opts+=(--gres="gpu:$gpus")
+  [ -n "$mem" ] && opts+=(--mem="$mem")
+  array=(sbatch --parsable --array="0-$((${#cmds[@]} - 1))" "${opts[@]}" "$sdir/array.sh")
+  agg=(sbatch --parsable --job-name=coinrun-aggregate --output="$sdir/aggregate.out" "$sdir/aggregate.sh")
+  if [ "$dry" = 1 ]; then
+    [ ${#cmds[@]} -gt 0 ] && echo "${array[*]}"
+    echo "${agg[0]} --dependency=afterany:ARRAY_JOB_ID ${agg[*]:1}"
+    exit 0
+  fi
+  dep=()
+  if [ ${#cmds[@]} -gt 0 ]; then
+    array_id=$("${array[@]}")
+    dep=(--dependency="afterany:$array_id")
+    echo "submitted array job $array_id (${#cmds[@]} runs; logs in $out/logs)"
+  fi
+  agg_id=$("${agg[0]}" "${dep[@]}" "${agg[@]:1}")
+  echo "submitted aggregation job $agg_id: $sdir/aggregate.out, then $out/gap_table.md"
+  exit 0
+fi
+
 if [ "$dry" = 1 ]; then
   for i in "${!cmds[@]}"; do echo "OMP_NUM_THREADS=$threads OMP_WAIT_POLICY=PASSIVE ${cmds[$i]} > $out/logs/${names[$i]}.log 2>&1"; done
   exit 0

@@ -119,3 +119,41 @@ def test_aggregate_gives_the_known_table(tmp_path):
 def test_t_quantile_matches_tables():
     for df, q in [(1, 12.7062), (2, 4.3027), (5, 2.5706), (30, 2.0423)]:
         assert aggregate.t_quantile(0.975, df) == pytest.approx(q, abs=1e-3)
+
+
+def test_slurm_dry_run_writes_the_job_scripts(tmp_path):
+    proc = harness(
+        "--slurm",
+        "--dry-run",
+        "--seeds",
+        "1",
+        "2",
+        "--out",
+        tmp_path,
+        "--partition",
+        "gpu",
+        "--time",
+        "2:00:00",
+        "--gpus",
+        "1",
+        "--",
+        "--num-envs",
+        "8",
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert (
+        lines[0].startswith("sbatch --parsable --array=0-5 ") and "--partition=gpu" in lines[0] and "--gres=gpu:1" in lines[0]
+    )
+    assert "--dependency=afterany:" in lines[1] and lines[1].endswith("slurm/aggregate.sh")
+    sdir = tmp_path / "slurm"
+    commands = (sdir / "commands.txt").read_text().splitlines()
+    assert len(commands) == 6 and all("--num-envs 8" in c for c in commands)
+    assert (sdir / "names.txt").read_text().split() == [
+        f"{v}__{s}" for v in ["ppo_procgen", "ppo_procgen_aug", "ppo_procgen_nobn"] for s in (1, 2)
+    ]
+    assert os.access(sdir / "array.sh", os.X_OK) and "EXPECTED=" in (sdir / "config.sh").read_text()
+    # the aggregation job, run now, names every run as missing and fails
+    agg = subprocess.run(["bash", str(sdir / "aggregate.sh")], capture_output=True, text=True)
+    assert agg.returncode != 0 and "missing or failed" in agg.stderr
+    assert all(f"{name} (at step 0 of 25000000" in agg.stderr for name in (sdir / "names.txt").read_text().split())
