@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: train test lint speed
+.PHONY: train test lint speed test-slurm
 
 $(VENV)/installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,3 +22,6 @@ lint: $(VENV)/installed
 
 speed: $(VENV)/installed  ## SPS of each option set, a few iterations each (benchmark/speed.sh)
 	bash benchmark/speed.sh
+
+test-slurm: $(VENV)/installed  ## the --slurm path against a real single-node Slurm on this machine (root; installs slurm-wlm)
+	bash tests/slurm/run_local_slurm.sh

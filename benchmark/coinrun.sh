@@ -98,8 +98,8 @@ if [ "$slurm" = 1 ]; then
   [ -n "$walltime" ] && opts+=(--time="$walltime")
   [ -n "$gpus" ] && opts+=(--gres="gpu:$gpus")
   [ -n "$mem" ] && opts+=(--mem="$mem")
-  array=(sbatch --parsable --array="0-$((${#cmds[@]} - 1))" "${opts[@]}" "$sdir/array.sh")
-  agg=(sbatch --parsable --job-name=coinrun-aggregate --output="$sdir/aggregate.out" "$sdir/aggregate.sh")
+  array=(sbatch --parsable --array="0-$((${#cmds[@]} - 1))" "${opts[@]}" "$sdir/array.sh" "$(cd "$sdir" && pwd)")
+  agg=(sbatch --parsable --job-name=coinrun-aggregate --output="$sdir/aggregate.out" "$sdir/aggregate.sh" "$(cd "$sdir" && pwd)")
   if [ "$dry" = 1 ]; then
     [ ${#cmds[@]} -gt 0 ] && echo "${array[*]}"
     echo "${agg[0]} --dependency=afterany:ARRAY_JOB_ID ${agg[*]:1}"

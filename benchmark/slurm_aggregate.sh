@@ -2,7 +2,7 @@
 # After the array job (afterany): name every run that is missing or unfinished and fail, then aggregate what is there.
 # coinrun.sh --slurm copies this file to OUT/slurm/ and submits it with --dependency=afterany:ARRAY_JOB.
 set -uo pipefail
-slurm_dir=$(cd "$(dirname "$0")" && pwd)
+slurm_dir=${1:?usage: $0 OUT/slurm}  # Slurm runs a copy of this script, so the folder is an argument
 source "$slurm_dir/config.sh"  # REPO, OUT, TOTAL, PY, EXPECTED (variant__seed ...)
 cd "$REPO"
 missing=()

@@ -145,7 +145,7 @@ def test_slurm_dry_run_writes_the_job_scripts(tmp_path):
     assert (
         lines[0].startswith("sbatch --parsable --array=0-5 ") and "--partition=gpu" in lines[0] and "--gres=gpu:1" in lines[0]
     )
-    assert "--dependency=afterany:" in lines[1] and lines[1].endswith("slurm/aggregate.sh")
+    assert "--dependency=afterany:" in lines[1] and lines[1].endswith(f"slurm/aggregate.sh {tmp_path}/slurm")
     sdir = tmp_path / "slurm"
     commands = (sdir / "commands.txt").read_text().splitlines()
     assert len(commands) == 6 and all("--num-envs 8" in c for c in commands)
@@ -154,6 +154,6 @@ def test_slurm_dry_run_writes_the_job_scripts(tmp_path):
     ]
     assert os.access(sdir / "array.sh", os.X_OK) and "EXPECTED=" in (sdir / "config.sh").read_text()
     # the aggregation job, run now, names every run as missing and fails
-    agg = subprocess.run(["bash", str(sdir / "aggregate.sh")], capture_output=True, text=True)
+    agg = subprocess.run(["bash", str(sdir / "aggregate.sh"), str(sdir)], capture_output=True, text=True)
     assert agg.returncode != 0 and "missing or failed" in agg.stderr
     assert all(f"{name} (at step 0 of 25000000" in agg.stderr for name in (sdir / "names.txt").read_text().split())
