@@ -3,6 +3,9 @@
 import csv
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,3 +164,35 @@ def test_checkpoint_of_an_unknown_variant_is_refused(tmp_path):
     torch.save({"variant": "os", "model": {}, "args": {}}, tmp_path / "x.pt")
     proc = run_script("eval_generalization.py", tmp_path / "x.pt", check=False)
     assert proc.returncode != 0 and "not one of this project's scripts" in proc.stderr
+
+
+def test_checkpoint_whose_variant_script_is_absent_is_refused(tiny_run, tmp_path):
+    import shutil
+
+    import torch
+
+    for f in ["eval_generalization.py", "ppo_procgen.py"]:
+        shutil.copy(os.path.join(ROOT, f), tmp_path / f)
+    ckpt = torch.load(sorted((Path(tiny_run[0]) / "checkpoints").glob("*.pt"))[-1], weights_only=True)
+    ckpt["variant"] = "ppo_procgen_aug"
+    torch.save(ckpt, tmp_path / "aug.pt")
+    proc = subprocess.run(
+        [sys.executable, str(tmp_path / "eval_generalization.py"), str(tmp_path / "aug.pt")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
+    assert proc.returncode != 0 and "needs ppo_procgen_aug.py, which is not here" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_checkpoint_that_does_not_fit_its_architecture_is_refused(tiny_run, tmp_path):
+    import torch
+
+    ckpt = torch.load(sorted((Path(tiny_run[0]) / "checkpoints").glob("*.pt"))[-1], weights_only=True)
+    ckpt["args"]["arch"] = "espeholt"  # impala weights, espeholt network
+    torch.save(ckpt, tmp_path / "x.pt")
+    proc = run_script("eval_generalization.py", tmp_path / "x.pt", *SMALL, check=False)
+    assert proc.returncode != 0 and "does not fit ppo_procgen.py's espeholt network" in proc.stderr
+    assert "Traceback" not in proc.stderr
