@@ -486,7 +486,7 @@ def resume_args(args, path):
         if f.name not in RESUMABLE and given != old:
             fail(f"--{f.name.replace('_', '-')} {given} differs from the checkpoint's {old}; a resumed run keeps its setup")
         saved[f.name] = given
-    saved.update(resume=path, channels=tuple(saved["channels"]))
+    saved.update(resume=path, channels=tuple(saved["channels"]) if saved["channels"] is not None else None)
     return Args(**saved), ckpt
 
 

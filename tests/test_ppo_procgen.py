@@ -237,3 +237,11 @@ def test_each_arch_builds_and_runs(arch, pool, channels):
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in agent.modules()) == sum(
         isinstance(m, torch.nn.Conv2d) for m in agent.modules()
     )  # BN after every conv
+
+
+def test_resume_works_for_an_arch_without_channels(tmp_path):
+    args = [*TINY, "--arch", "nature", "--total-timesteps", "128", "--eval-frequency", "128", "--checkpoint-frequency", "128"]
+    run_script("ppo_procgen.py", *args, "--runs-dir", tmp_path)
+    run_dir = run_dirs(tmp_path)[0]
+    proc = run_script("ppo_procgen.py", "--resume", run_dir, "--total-timesteps", "256")
+    assert "resuming" in proc.stdout and [r["global_step"] for r in read_eval(run_dir)] == [0, 128, 256]
