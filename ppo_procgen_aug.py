@@ -65,6 +65,8 @@ class Args:
     """IMPALA archs only: channels of each stage (default: 16 32 32)"""
     bn_act: Literal["running", "batch"] = "running"
     """BN statistics when acting: running (eval mode, statistics re-estimated after each update; see README) or batch"""
+    bn_update: Literal["batch", "running"] = "batch"
+    """BN statistics in the update: batch (each minibatch's) or running (those the rollout acted with: ratio starts at 1)"""
 
     # Augmentation (training rollouts only; evaluation sees clean frames)
     shift_pad: int = 4
@@ -163,6 +165,8 @@ def check_args(args):
         fail("need --learning-rate > 0, 0 < --gamma <= 1, 0 <= --gae-lambda <= 1, --clip-coef > 0")
     if args.arch == "nature" and (args.pool is not None or args.channels is not None):
         fail("--pool and --channels apply to the IMPALA archs only, not --arch nature")
+    if args.bn_update == "running" and args.bn_act == "batch":
+        fail("--bn-update running updates with the statistics the rollout acted with: it needs --bn-act running")
     if args.channels is not None and (len(args.channels) == 0 or min(args.channels) <= 0):
         fail(f"--channels must be positive integers, got {args.channels}")
     if args.shift_pad < 0 or args.cutout < 0 or args.color_jitter < 0 or args.noise_std < 0 or not 0 <= args.aug_prob <= 1:
@@ -431,9 +435,12 @@ def evaluate(agent, envs, generator, greedy=False):
 @torch.inference_mode()
 def refresh_bn_stats(agent, x, minibatch_size):
     """Re-estimate BN's running statistics with the current weights on observations x (Wu & Johnson 2021, "precise
-    BN"), so acting in eval mode normalises as the next update's minibatches will (losses/rollout_kl measures it)."""
+    BN"), so acting in eval mode normalises as the next update's minibatches will (losses/rollout_kl measures it).
+    Returns KL(policy before || after) on the first minibatch: how far re-estimation alone moved the acting policy."""
     norms = [m for m in agent.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    was_training = agent.train().training
+    was_training = agent.training
+    before = torch.log_softmax(agent.eval()(x[:minibatch_size])[0], -1)
+    agent.train()
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the minibatches below
@@ -441,7 +448,9 @@ def refresh_bn_stats(agent, x, minibatch_size):
         agent(mb)
     for m in norms:
         m.momentum = 0.01
+    after = torch.log_softmax(agent.eval()(x[:minibatch_size])[0], -1)
     agent.train(was_training)
+    return (before.exp() * (before - after)).sum(-1).mean().item()
 
 
 @torch.inference_mode()
@@ -707,7 +716,7 @@ if __name__ == "__main__":
         b_values = values.reshape(-1)
 
         # Optimizing the policy and value network
-        agent.train()
+        agent.train(args.bn_update == "batch")
         clipfracs = []
         rollout_kl = None
         for epoch in range(args.update_epochs):
@@ -745,7 +754,8 @@ if __name__ == "__main__":
                 break
 
         if args.bn_act == "running":
-            refresh_bn_stats(agent, b_obs[b_inds[: 16 * args.minibatch_size]], args.minibatch_size)
+            refresh_kl = refresh_bn_stats(agent, b_obs[b_inds[: 16 * args.minibatch_size]], args.minibatch_size)
+            writer.add_scalar("losses/bn_refresh_kl", refresh_kl, global_step)
 
         y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
         var_y = np.var(y_true)

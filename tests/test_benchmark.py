@@ -14,3 +14,14 @@ def test_vs_reference_interpolates_the_published_curve(tmp_path):
     assert "| 500000 | 7.00 | 6.00 | +1.00 | 6.79 | 6.34 |" in out  # the CSV's own row (6.785, 6.340)
     assert "| 625000 | 7.00 | 6.00 | +1.00 | 6.99 | 6.54 |" in out  # halfway to 750000 (7.189, 6.740)
     assert run_script("benchmark/vs_reference.py", tmp_path / "missing.jsonl", check=False).returncode != 0
+
+
+def test_bn_mismatch_measures_acting_vs_update_policy(tiny_run):
+    out = run_script("benchmark/bn_mismatch.py", tiny_run[0], "--num-steps", "8", "--minibatch-sizes", "16", "32").stdout
+    rows = dict(line.strip("|").split("|") for line in out.splitlines() if line.startswith("| ") and "KL" not in line)
+    rows = {k.strip(): float(v) for k, v in rows.items()}
+    assert "step 384, 32 observations" in out and len(rows) == 4
+    assert rows["eval mode, batch 64 (numerics only)"] < 1e-6  # the acting policy itself
+    assert rows["train mode, minibatch 16 (the update's view)"] > 0
+    proc = run_script("benchmark/bn_mismatch.py", "/nonexistent", check=False)
+    assert proc.returncode != 0 and "no checkpoint" in proc.stderr and "Traceback" not in proc.stderr

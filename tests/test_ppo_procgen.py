@@ -54,6 +54,16 @@ def test_logs_cleanrl_keys_and_the_bn_mismatch(tiny_run):
         assert abs(rollout_kl) < max(approx_kl, 1e-4)
 
 
+def test_bn_update_running_makes_the_ratio_start_at_one(tmp_path):
+    # Updating with the statistics the rollout acted with: the first minibatch sees the acting policy itself.
+    run_script("ppo_procgen.py", *TINY, "--bn-update", "running", "--total-timesteps", "384",
+               "--eval-frequency", "10000", "--runs-dir", str(tmp_path))  # fmt: skip
+    scalars = tensorboard_scalars(run_dirs(tmp_path)[0])
+    assert len(scalars["losses/rollout_kl"]) == 3 and len(scalars["losses/bn_refresh_kl"]) == 3
+    assert all(abs(kl) < 1e-9 for _, kl in scalars["losses/rollout_kl"])  # with --bn-update batch: ~1e-6..1e-5
+    assert all(kl > 0 for _, kl in scalars["losses/approx_kl"])
+
+
 TRAIN_512 = [*TINY, "--total-timesteps", "512", "--eval-frequency", "256", "--checkpoint-frequency", "128"]
 
 
@@ -120,6 +130,7 @@ def test_resume_refuses_another_setup(tiny_run):
         (["--device", "cuda"], "not available"),
         (["--arch", "nature", "--pool", "gap"], "IMPALA archs only"),
         (["--channels", "16", "0", "32"], "positive"),
+        (["--bn-act", "batch", "--bn-update", "running"], "needs --bn-act running"),
         (["--env-id", "coinrun", "--distribution-mode", "exploration"], "cannot make coinrun"),
         (["--resume", "/nonexistent/run"], "no such checkpoint"),
         (["--resume", os.path.join(ROOT, "requirements.txt")], "not a readable checkpoint"),

@@ -1,0 +1,88 @@
+"""Where losses/rollout_kl comes from: the acting policy vs. the policy the PPO update sees, from a base checkpoint.
+
+The base variant acts in eval mode (BN running statistics, re-estimated after every update) and updates in train mode
+(statistics of each minibatch). This collects the checkpoint's next rollout exactly as training would (same weights,
+BN buffers and env states), then measures the exact mean KL(acting || other) over that rollout for:
+- train mode, minibatches of each size given (what the update's first minibatch sees, so rollout_kl's expectation),
+- eval mode in fp32 and eval mode at the update's batch size (pure numerics: bf16 rounding, batch-size kernels).
+Usage: python benchmark/bn_mismatch.py CHECKPOINT_OR_RUN_DIR [--num-steps 256] [--minibatch-sizes 512 2048 8192]
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import ppo_procgen as base  # noqa: E402
+
+
+def kl(logp, logq):
+    return (logp.exp() * (logp - logq)).sum(-1).mean().item()
+
+
+@torch.inference_mode()
+def logits_in_minibatches(agent, obs, minibatch_size, training, generator):
+    """Log-policy on every observation, computed in shuffled minibatches in train or eval mode; BN buffers untouched."""
+    buffers = {k: v.clone() for k, v in agent.named_buffers()}
+    agent.train(training)
+    perm = torch.randperm(len(obs), generator=generator)
+    out = torch.empty(len(obs), agent.actor.out_features)
+    for idx in perm.split(minibatch_size):
+        out[idx] = torch.log_softmax(agent(obs[idx])[0], -1)
+    agent.load_state_dict(buffers, strict=False)
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--num-steps", type=int, default=256)
+    parser.add_argument("--minibatch-sizes", type=int, nargs="+", default=[512, 2048, 8192])
+    cli = parser.parse_args()
+    if cli.num_steps <= 0 or min(cli.minibatch_sizes) <= 0:
+        base.fail("--num-steps and --minibatch-sizes must be positive")
+    path = base.latest_checkpoint(cli.checkpoint) if os.path.isdir(cli.checkpoint) else cli.checkpoint
+    if not os.path.isfile(path):
+        base.fail(f"no checkpoint at {cli.checkpoint}")
+    ckpt = base.load_checkpoint(path)
+    args = base.Args(**{**ckpt["args"], "channels": tuple(ckpt["args"]["channels"] or ()) or None})
+    torch.manual_seed(0)
+    envs = base.make_env(args.env_id, args.num_envs, args.num_levels, args.start_level, args.distribution_mode, 0)
+    envs.env.callmethod("set_state", [bytes(s.numpy()) for s in ckpt["env"]["states"]])
+    agent = base.Agent(envs.action_space.n, args.arch, args.channels, args.pool)
+    agent.load_state_dict(ckpt["model"])
+    base.set_speed_options(agent, args, torch.device("cpu"))
+    if args.bn_act != "running":
+        base.fail(f"{path} acts with --bn-act {args.bn_act}; this measures the running-statistics mode")
+
+    # the next rollout, acting exactly as the trainer does (eval mode, autocast as configured, batch of num_envs)
+    agent.eval()
+    obs, acting = [], []
+    next_obs = ckpt["env"]["next_obs"]
+    with torch.inference_mode():
+        for _ in range(cli.num_steps):
+            logits = agent(next_obs)[0]
+            obs.append(next_obs)
+            acting.append(torch.log_softmax(logits, -1))
+            action = torch.distributions.Categorical(logits=logits).sample()
+            next_obs = torch.as_tensor(envs.step(action.numpy())[0]["rgb"])
+    obs, acting = torch.cat(obs), torch.cat(acting)
+    gen = torch.Generator().manual_seed(0)
+    print(f"{path}: step {ckpt['global_step']}, {len(obs)} observations, amp {args.amp}, "
+          f"policy entropy {-(acting.exp() * acting).sum(-1).mean():.3f}")  # fmt: skip
+    print("| policy compared with the acting policy | mean KL |\n|---|---|")
+    print(f"| eval mode, batch {args.minibatch_size} (numerics only) | "
+          f"{kl(acting, logits_in_minibatches(agent, obs, args.minibatch_size, False, gen)):.2e} |")  # fmt: skip
+    amp, agent.amp_dtype = agent.amp_dtype, None
+    print(f"| eval mode, fp32 (numerics only) | {kl(acting, logits_in_minibatches(agent, obs, 512, False, gen)):.2e} |")
+    agent.amp_dtype = amp
+    for size in cli.minibatch_sizes:
+        kls = [kl(acting, logits_in_minibatches(agent, obs, size, True, gen)) for _ in range(2)]
+        print(f"| train mode, minibatch {size} (the update's view) | {np.mean(kls):.2e} |")
+
+
+if __name__ == "__main__":
+    main()
