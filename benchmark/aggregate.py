@@ -1,11 +1,12 @@
 """Aggregate a benchmark's runs into the gap table (gap_table.md / .json) and curves.png.
 
-    python benchmark/aggregate.py OUT_DIR [--last 3]
+    python benchmark/aggregate.py OUT_DIR [--last 3] [--max-step N]
 
-Reads OUT_DIR/runs/{env}__{variant}__{seed}__{time}/eval.jsonl. A run's cell is the mean of its last --last
-evaluations; across seeds: mean +- std, the per-seed values, and a 95% Student-t CI over seeds (honest with 3 seeds:
-t(0.975, 2) = 4.30, not 1.96). A random-policy row is added from OUT_DIR/random/report.json when present
-(`eval_generalization.py --random --out OUT_DIR/random`).
+Reads OUT_DIR/runs/{env}__{variant}__{seed}__{time}/eval.jsonl ({variant} is the run's --exp-name, so ablations of one
+script are rows of their own). A run's cell is the mean of its last --last evaluations (up to step --max-step, to
+compare runs of different lengths at one horizon); across seeds: mean +- std, the per-seed values, and a 95%
+Student-t CI over seeds (honest with 3 seeds: t(0.975, 2) = 4.30, not 1.96). A random-policy row is added from
+OUT_DIR/random/report.json when present (`eval_generalization.py --random --out OUT_DIR/random`).
 """
 
 import argparse
@@ -52,7 +53,7 @@ def seed_stats(values):
     return out
 
 
-def load_runs(out_dir):
+def load_runs(out_dir, max_step=None):
     runs = {}
     root = os.path.join(out_dir, "runs")
     if not os.path.isdir(root):
@@ -62,7 +63,7 @@ def load_runs(out_dir):
         path = os.path.join(root, name, "eval.jsonl")
         if len(parts) != 4 or not os.path.isfile(path):
             continue
-        rows = [json.loads(line) for line in open(path)]
+        rows = [row for row in map(json.loads, open(path)) if max_step is None or row["global_step"] <= max_step]
         if rows:
             runs.setdefault(parts[1], {})[int(parts[2])] = rows
     if not runs:
@@ -216,8 +217,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("out_dir")
     p.add_argument("--last", type=int, default=3, help="evaluations averaged per run")
+    p.add_argument("--max-step", type=int, default=None, help="ignore evaluations after this step")
     args = p.parse_args(argv)
-    runs = load_runs(args.out_dir)
+    if args.last <= 0 or (args.max_step is not None and args.max_step < 0):
+        p.error("--last must be positive and --max-step >= 0")
+    runs = load_runs(args.out_dir, args.max_step)
     table = aggregate(runs, args.last)
     comp = comparison(table)
     checks = checklist(table, comp)

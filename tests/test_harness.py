@@ -116,6 +116,16 @@ def test_aggregate_gives_the_known_table(tmp_path):
     assert not checks["consistent across seeds (every seed meets train/test/gap)"]  # seed 3: gap 2.0 is not < 2.0
 
 
+def test_aggregate_max_step_compares_runs_at_one_horizon(tmp_path):
+    write_run(tmp_path, "long", 1, [row(0, 3, 3), row(100, 5, 4), row(200, 6, 5), row(300, 9, 9)])
+    write_run(tmp_path, "short", 1, [row(0, 3, 3), row(100, 7, 6), row(200, 8, 7)])
+    aggregate.main([str(tmp_path), "--last", "2", "--max-step", "200"])
+    t = json.load(open(tmp_path / "gap_table.json"))["variants"]
+    assert t["long"]["train"]["mean"] == 5.5 and t["long"]["steps"] == [200] and t["short"]["test"]["mean"] == 6.5
+    with pytest.raises(SystemExit):
+        aggregate.main([str(tmp_path), "--last", "0"])
+
+
 def test_t_quantile_matches_tables():
     for df, q in [(1, 12.7062), (2, 4.3027), (5, 2.5706), (30, 2.0423)]:
         assert aggregate.t_quantile(0.975, df) == pytest.approx(q, abs=1e-3)
