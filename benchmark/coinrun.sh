@@ -9,6 +9,8 @@ usage: bash benchmark/coinrun.sh [options] [-- args passed to every run]
 
   --seeds S [S ...]       seeds (default: 1 2 3)
   --variants V [V ...]    scripts without .py (default: ppo_procgen ppo_procgen_aug ppo_procgen_nobn)
+  --name N                with one variant: name its runs N instead (their --exp-name and table row), so
+                          configurations of one script (flags after --) sit side by side in one --out (ablation.sh)
   --total-timesteps N     steps per run (default: 25000000, the brief's)
   --workers N             runs in parallel (default: 1)
   --threads N             torch/OpenMP threads per run (default: cores / workers)
@@ -26,13 +28,14 @@ EOF
 
 seeds=(1 2 3)
 variants=(ppo_procgen ppo_procgen_aug ppo_procgen_nobn)
-total=25000000 workers=1 threads="" device=auto out=benchmark/out dry=0 extra=()
+total=25000000 workers=1 threads="" device=auto out=benchmark/out dry=0 extra=() name=""
 slurm=0 partition="" walltime="" gpus="" cpus="" mem=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --seeds) shift; seeds=(); while [ $# -gt 0 ] && [[ "$1" != --* ]]; do seeds+=("$1"); shift; done; continue ;;
     --variants) shift; variants=(); while [ $# -gt 0 ] && [[ "$1" != --* ]]; do variants+=("${1%.py}"); shift; done; continue ;;
     --total-timesteps) total="$2"; shift ;;
+    --name) name="$2"; shift ;;
     --workers) workers="$2"; shift ;;
     --threads) threads="$2"; shift ;;
     --device) device="$2"; shift ;;
@@ -54,6 +57,8 @@ for n in "$total" "$workers" ${threads:+"$threads"}; do
   [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "coinrun.sh: error: expected a positive integer, got '$n'" >&2; exit 2; }
 done
 [ ${#seeds[@]} -gt 0 ] && [ ${#variants[@]} -gt 0 ] || { echo "coinrun.sh: error: need at least one seed and variant" >&2; exit 2; }
+[[ "$name" =~ ^[A-Za-z0-9_.-]*$ ]] || { echo "coinrun.sh: error: --name takes letters, digits, _ . - only" >&2; exit 2; }
+[ -z "$name" ] || [ ${#variants[@]} -eq 1 ] || { echo "coinrun.sh: error: --name needs exactly one variant" >&2; exit 2; }
 for v in "${variants[@]}"; do
   [ -f "$v.py" ] || { echo "coinrun.sh: error: no variant script $v.py" >&2; exit 2; }
 done
@@ -62,14 +67,15 @@ PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3
 
 # The command for one run: fresh, resumed from its latest checkpoint, or nothing if it already finished.
 command_for() {
-  local v=$1 s=$2 dir last step
-  dir=$(ls -d "$out/runs/coinrun__${v}__${s}__"* 2>/dev/null | tail -n 1 || true)
+  local v=$1 s=$2 n=${name:-$1} dir last step
+  dir=$(ls -d "$out/runs/coinrun__${n}__${s}__"* 2>/dev/null | tail -n 1 || true)
   if [ -n "$dir" ] && last=$(ls "$dir/checkpoints/"step_*.pt 2>/dev/null | tail -n 1) && [ -n "$last" ]; then
     step=$(basename "$last" .pt); step=$((10#${step#step_}))
     [ "$step" -ge "$total" ] && return 0
     echo "$PY $v.py --resume $dir --total-timesteps $total --device $device --threads $threads"
   else
-    echo "$PY $v.py --seed $s --total-timesteps $total --device $device --threads $threads --runs-dir $out/runs ${extra[*]:-}"
+    echo "$PY $v.py --seed $s --exp-name $n --total-timesteps $total --device $device --threads $threads" \
+      "--runs-dir $out/runs ${extra[*]:-}"
   fi
 }
 
@@ -78,8 +84,8 @@ names=() cmds=()
 for v in "${variants[@]}"; do
   for s in "${seeds[@]}"; do
     cmd=$(command_for "$v" "$s")
-    if [ -z "$cmd" ]; then echo "done already: $v seed $s"; continue; fi
-    names+=("${v}__$s") cmds+=("$cmd")
+    if [ -z "$cmd" ]; then echo "done already: ${name:-$v} seed $s"; continue; fi
+    names+=("${name:-$v}__$s") cmds+=("$cmd")
   done
 done
 if [ "$slurm" = 1 ]; then
@@ -90,7 +96,7 @@ if [ "$slurm" = 1 ]; then
   cp benchmark/slurm_aggregate.sh "$sdir/aggregate.sh"
   printf '%s\n' "${names[@]}" > "$sdir/names.txt"
   printf '%s\n' "${cmds[@]}" > "$sdir/commands.txt"
-  expected=$(for v in "${variants[@]}"; do for s in "${seeds[@]}"; do printf '%s ' "${v}__$s"; done; done)
+  expected=$(for v in "${variants[@]}"; do for s in "${seeds[@]}"; do printf '%s ' "${name:-$v}__$s"; done; done)
   printf 'REPO=%q\nOUT=%q\nTHREADS=%q\nTOTAL=%q\nPY=%q\nEXPECTED=%q\n' "$(pwd)" "$(cd "$out" && pwd)" "$threads" "$total" \
     "$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")" "$expected" > "$sdir/config.sh"
   opts=(--job-name=coinrun --cpus-per-task="${cpus:-$threads}" --output="$sdir/%A_%a.out")

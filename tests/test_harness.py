@@ -167,3 +167,26 @@ def test_slurm_dry_run_writes_the_job_scripts(tmp_path):
     agg = subprocess.run(["bash", str(sdir / "aggregate.sh"), str(sdir)], capture_output=True, text=True)
     assert agg.returncode != 0 and "missing or failed" in agg.stderr
     assert all(f"{name} (at step 0 of 25000000" in agg.stderr for name in (sdir / "names.txt").read_text().split())
+
+
+def ablation(*args):
+    env = {**os.environ, "PYTHON": sys.executable}
+    cmd = ["bash", os.path.join(ROOT, "benchmark", "ablation.sh"), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+
+
+def test_ablation_runs_named_configurations_and_tables_them(tmp_path):
+    only = ["--only", "default", "bn_update_running"]
+    proc = ablation(*only, "--total-timesteps", 128, "--threads", 1, "--out", tmp_path, "--", *HARNESS_TINY)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    runs = sorted(os.listdir(tmp_path / "runs"))
+    assert [r.split("__")[1] for r in runs] == ["bn_update_running", "default"]
+    assert set(json.load(open(tmp_path / "gap_table.json"))["variants"]) == {"bn_update_running", "default"}
+    dry = ablation("--only", "reference", "--out", tmp_path, "--dry-run").stdout
+    assert "ppo_procgen_nobn.py --seed 1 --exp-name reference" in dry
+    assert "--arch espeholt --pool flatten --num-steps 256 --minibatch-size 2048" in dry
+    again = ablation("--only", "default", "--total-timesteps", 128, "--out", tmp_path, "--dry-run")
+    assert "done already: default seed 1" in again.stdout
+    bad = ablation("--only", "nosuch")
+    assert bad.returncode == 2 and "unknown configuration 'nosuch'" in bad.stderr
+    assert harness("--name", "x", "--dry-run").returncode == 2  # --name with three variants

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# One-factor-at-a-time ablations from the default configuration (issue 7), each run through coinrun.sh under its own
+# name, then one table and one plot at a common horizon.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# tag | script | flags that differ from the default configuration
+CONFIGS=(
+  "default|ppo_procgen|"
+  "pool_flatten|ppo_procgen|--pool flatten"
+  "espeholt|ppo_procgen|--arch espeholt"
+  "nobn|ppo_procgen_nobn|"
+  "steps256_mb2048|ppo_procgen|--num-steps 256 --minibatch-size 2048"
+  "amp_none|ppo_procgen|--amp none"
+  "bn_act_batch|ppo_procgen|--bn-act batch"
+  "bn_update_running|ppo_procgen|--bn-update running"
+  "no_norm_reward|ppo_procgen|--no-norm-reward"
+  "reference|ppo_procgen_nobn|--arch espeholt --pool flatten --num-steps 256 --minibatch-size 2048"
+)
+
+usage() {
+  cat <<EOF
+usage: bash benchmark/ablation.sh [--only TAG [TAG ...]] [--seeds S [S ...]] [--total-timesteps N] [--out DIR]
+                                  [--threads N] [--dry-run] [-- args passed to every run]
+
+Runs each configuration below for the given seeds (default: 1) to --total-timesteps (default: 524288), evaluating
+every 131072 steps, one run at a time, into DIR/runs (default: benchmark/out/ablation); re-running resumes. Then
+DIR/gap_table.md and DIR/curves.png compare them all at that horizon. "reference" is the published PPO configuration
+(openai/train-procgen). Configurations (tag: script flags):
+$(for c in "${CONFIGS[@]}"; do IFS='|' read -r t s f <<<"$c"; printf '  %-18s %s %s\n' "$t:" "$s.py" "$f"; done)
+EOF
+}
+
+only=() seeds=(1) total=524288 out=benchmark/out/ablation threads="" dry=() extra=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --only) shift; while [ $# -gt 0 ] && [[ "$1" != --* ]]; do only+=("$1"); shift; done; continue ;;
+    --seeds) shift; seeds=(); while [ $# -gt 0 ] && [[ "$1" != --* ]]; do seeds+=("$1"); shift; done; continue ;;
+    --total-timesteps) total="$2"; shift ;;
+    --out) out="$2"; shift ;;
+    --threads) threads="$2"; shift ;;
+    --dry-run) dry=(--dry-run) ;;
+    -h|--help) usage; exit 0 ;;
+    --) shift; extra=("$@"); break ;;
+    *) echo "ablation.sh: error: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+known=" $(for c in "${CONFIGS[@]}"; do printf '%s ' "${c%%|*}"; done)"
+for t in "${only[@]}"; do
+  [[ "$known" == *" $t "* ]] || { echo "ablation.sh: error: unknown configuration '$t'; known:$known" >&2; exit 2; }
+done
+
+failed=()
+for c in "${CONFIGS[@]}"; do
+  IFS='|' read -r tag script flags <<<"$c"
+  [ ${#only[@]} -eq 0 ] || [[ " ${only[*]} " == *" $tag "* ]] || continue
+  read -ra flags <<<"$flags"
+  bash benchmark/coinrun.sh --variants "$script" --name "$tag" --seeds "${seeds[@]}" --total-timesteps "$total" \
+    --out "$out" ${threads:+--threads "$threads"} "${dry[@]}" -- \
+    --eval-frequency 131072 --checkpoint-frequency 131072 "${flags[@]}" "${extra[@]}" || failed+=("$tag")
+done
+[ ${#dry[@]} -gt 0 ] || "${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}" \
+  benchmark/aggregate.py "$out" --max-step "$total" || failed+=("aggregation")
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "ablation.sh: error: failed: ${failed[*]} (logs in $out/logs)" >&2
+  exit 1
+fi
