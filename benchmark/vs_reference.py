@@ -3,9 +3,13 @@
 Usage: python benchmark/vs_reference.py RUN_DIR_OR_EVAL_JSONL [...]
 The reference (benchmark/reference_train_procgen_coinrun_easy200.csv) is the mean +- std over 3 seeds of
 train-procgen's `eprewmean` (last 100 training episodes), linearly interpolated here onto each evaluation step.
+When the run folder holds its TensorBoard events, the "training episodes" column is the like-for-like measure: the
+mean return of this run's training episodes that ended in the WINDOW steps up to the evaluation (hundreds of
+episodes, so much less noisy than 100 evaluation episodes, but lagging by about half the window).
 """
 
 import csv
+import glob
 import json
 import os
 import sys
@@ -25,21 +29,45 @@ def interpolate(ref, key, step):
     return float(np.interp(step, steps, np.concatenate([[np.nan], ref[key]]))) if step >= ref["step"][0] else float("nan")
 
 
+WINDOW = 65536
+
+
+def training_episodes(run_dir):
+    """(steps, returns) of the training episodes logged to TensorBoard, or None without event files."""
+    if not glob.glob(os.path.join(run_dir, "events.out.tfevents.*")):
+        return None
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+    acc.Reload()
+    if "charts/episodic_return" not in acc.Tags()["scalars"]:
+        return None
+    events = acc.Scalars("charts/episodic_return")
+    return np.array([e.step for e in events]), np.array([e.value for e in events])
+
+
 def main(paths):
     ref = reference()
+    fmt = lambda v: "-" if np.isnan(v) else f"{v:.2f}"  # noqa: E731
     for path in paths:
         path = os.path.join(path, "eval.jsonl") if os.path.isdir(path) else path
         if not os.path.isfile(path):
             sys.exit(f"vs_reference.py: error: no such file: {path}")
         rows = [json.loads(line) for line in open(path)]
+        episodes = training_episodes(os.path.dirname(path))
         print(f"\n{path}\n")
-        print("| step | train | test | gap | reference train | reference test |")
-        print("|---|---|---|---|---|---|")
+        print("| step | train | test | gap | training episodes | reference train | reference test |")
+        print("|---|---|---|---|---|---|---|")
         for r in rows:
             s = r["global_step"]
             rt, rs = interpolate(ref, "train_mean", s), interpolate(ref, "test_mean", s)
-            fmt = lambda v: "-" if np.isnan(v) else f"{v:.2f}"
-            print(f"| {s} | {r['train_return']:.2f} | {r['test_return']:.2f} | {r['gap']:+.2f} | {fmt(rt)} | {fmt(rs)} |")
+            ep = float("nan")
+            if episodes is not None and ((episodes[0] > s - WINDOW) & (episodes[0] <= s)).any():
+                ep = episodes[1][(episodes[0] > s - WINDOW) & (episodes[0] <= s)].mean()
+            print(
+                f"| {s} | {r['train_return']:.2f} | {r['test_return']:.2f} | {r['gap']:+.2f} | {fmt(ep)} | {fmt(rt)} | "
+                f"{fmt(rs)} |"
+            )
 
 
 if __name__ == "__main__":

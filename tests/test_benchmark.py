@@ -10,10 +10,24 @@ def test_vs_reference_interpolates_the_published_curve(tmp_path):
     rows = [{"global_step": s, "train_return": 7.0, "test_return": 6.0, "gap": 1.0} for s in (100000, 500000, 625000)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = run_script("benchmark/vs_reference.py", path).stdout
-    assert "| 100000 | 7.00 | 6.00 | +1.00 | - | - |" in out  # before the reference's first point
-    assert "| 500000 | 7.00 | 6.00 | +1.00 | 6.79 | 6.34 |" in out  # the CSV's own row (6.785, 6.340)
-    assert "| 625000 | 7.00 | 6.00 | +1.00 | 6.99 | 6.54 |" in out  # halfway to 750000 (7.189, 6.740)
+    assert "| 100000 | 7.00 | 6.00 | +1.00 | - | - | - |" in out  # before the reference's first point
+    assert "| 500000 | 7.00 | 6.00 | +1.00 | - | 6.79 | 6.34 |" in out  # the CSV's own row (6.785, 6.340)
+    assert "| 625000 | 7.00 | 6.00 | +1.00 | - | 6.99 | 6.54 |" in out  # halfway to 750000 (7.189, 6.740)
     assert run_script("benchmark/vs_reference.py", tmp_path / "missing.jsonl", check=False).returncode != 0
+
+
+def test_vs_reference_averages_the_training_episodes_of_the_window(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(tmp_path)
+    for step, ret in [(1000, 0.0), (70000, 10.0), (80000, 0.0), (131072, 10.0), (131072, 10.0)]:
+        writer.add_scalar("charts/episodic_return", ret, step)
+    writer.close()
+    rows = [{"global_step": s, "train_return": 7.0, "test_return": 6.0, "gap": 1.0} for s in (0, 131072)]
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = run_script("benchmark/vs_reference.py", tmp_path).stdout
+    assert "| 0 | 7.00 | 6.00 | +1.00 | - | - | - |" in out  # no episode ended yet
+    assert "| 131072 | 7.00 | 6.00 | +1.00 | 7.50 | - | - |" in out  # the 4 episodes after step 65536
 
 
 def test_bn_mismatch_measures_acting_vs_update_policy(tiny_run):
