@@ -4,7 +4,9 @@ The base variant acts in eval mode (BN running statistics, re-estimated after ev
 (statistics of each minibatch). This collects the checkpoint's next rollout exactly as training would (same weights,
 BN buffers and env states), then measures the exact mean KL(acting || other) over that rollout for:
 - train mode, minibatches of each size given (what the update's first minibatch sees, so rollout_kl's expectation),
-- eval mode in fp32 and eval mode at the update's batch size (pure numerics: bf16 rounding, batch-size kernels).
+- eval mode in fp32 and eval mode at the update's batch size (pure numerics: bf16 rounding, batch-size kernels),
+- eval mode after re-estimating the statistics on this rollout (how far the refresh after an update moves the policy
+  by itself; with --bn-update running this is what replaces the ratio's mismatch).
 Usage: python benchmark/bn_mismatch.py CHECKPOINT_OR_RUN_DIR [--num-steps 256] [--minibatch-sizes 512 2048 8192]
 """
 
@@ -82,6 +84,11 @@ def main():
     for size in cli.minibatch_sizes:
         kls = [kl(acting, logits_in_minibatches(agent, obs, size, True, gen)) for _ in range(2)]
         print(f"| train mode, minibatch {size} (the update's view) | {np.mean(kls):.2e} |")
+    # what re-estimating the statistics on this rollout alone moves (--bn-update running's losses/bn_refresh_kl)
+    idx = torch.randperm(len(obs), generator=gen)[: 16 * args.minibatch_size]
+    base.refresh_bn_stats(agent, obs[idx], args.minibatch_size)
+    refreshed = logits_in_minibatches(agent, obs, args.minibatch_size, False, gen)
+    print(f"| eval mode, statistics re-estimated on this rollout | {kl(acting, refreshed):.2e} |")
 
 
 if __name__ == "__main__":

@@ -34,8 +34,9 @@ def test_bn_mismatch_measures_acting_vs_update_policy(tiny_run):
     out = run_script("benchmark/bn_mismatch.py", tiny_run[0], "--num-steps", "8", "--minibatch-sizes", "16", "32").stdout
     rows = dict(line.strip("|").split("|") for line in out.splitlines() if line.startswith("| ") and "KL" not in line)
     rows = {k.strip(): float(v) for k, v in rows.items()}
-    assert "step 384, 32 observations" in out and len(rows) == 4
+    assert "step 384, 32 observations" in out and len(rows) == 5
     assert rows["eval mode, batch 64 (numerics only)"] < 1e-6  # the acting policy itself
     assert rows["train mode, minibatch 16 (the update's view)"] > 0
+    assert rows["eval mode, statistics re-estimated on this rollout"] > 0
     proc = run_script("benchmark/bn_mismatch.py", "/nonexistent", check=False)
     assert proc.returncode != 0 and "no checkpoint" in proc.stderr and "Traceback" not in proc.stderr
