@@ -123,7 +123,7 @@ if [ "$slurm" = 1 ]; then
 fi
 
 if [ "$dry" = 1 ]; then
-  for i in "${!cmds[@]}"; do echo "OMP_NUM_THREADS=$threads OMP_WAIT_POLICY=PASSIVE ${cmds[$i]} > $out/logs/${names[$i]}.log 2>&1"; done
+  for i in "${!cmds[@]}"; do echo "OMP_NUM_THREADS=$threads OMP_WAIT_POLICY=PASSIVE ${cmds[$i]} >> $out/logs/${names[$i]}.log 2>&1"; done
   exit 0
 fi
 
@@ -139,7 +139,7 @@ for i in "${!cmds[@]}"; do
   while [ "${#pid_name[@]}" -ge "$workers" ]; do reap; done
   echo "start: ${names[$i]}: ${cmds[$i]}"
   # PASSIVE: idle OpenMP threads sleep instead of spinning, so parallel runs do not stall each other.
-  OMP_NUM_THREADS=$threads OMP_WAIT_POLICY=PASSIVE ${cmds[$i]} > "$out/logs/${names[$i]}.log" 2>&1 &
+  OMP_NUM_THREADS=$threads OMP_WAIT_POLICY=PASSIVE ${cmds[$i]} >> "$out/logs/${names[$i]}.log" 2>&1 &
   pid_name[$!]=${names[$i]}
 done
 while [ "${#pid_name[@]}" -gt 0 ]; do reap; done

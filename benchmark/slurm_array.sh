@@ -9,4 +9,4 @@ i=$((SLURM_ARRAY_TASK_ID + 1))
 name=$(sed -n "${i}p" "$slurm_dir/names.txt")
 cmd=$(sed -n "${i}p" "$slurm_dir/commands.txt")
 echo "run $name on $(hostname): $cmd"
-OMP_NUM_THREADS=$THREADS OMP_WAIT_POLICY=PASSIVE $cmd > "$OUT/logs/$name.log" 2>&1
+OMP_NUM_THREADS=$THREADS OMP_WAIT_POLICY=PASSIVE $cmd >> "$OUT/logs/$name.log" 2>&1

@@ -52,6 +52,11 @@ def test_harness_runs_seeds_x_variants_then_skips_finished_runs(tmp_path):
     assert again.returncode == 0 and again.stdout.count("done already") == 6
     longer = harness("--seeds", "1", "--variants", "ppo_procgen", "--total-timesteps", "512", "--out", tmp_path, "--dry-run")
     assert "--resume" in longer.stdout  # an unfinished run resumes from its latest checkpoint
+    resumed = harness("--seeds", "1", "--variants", "ppo_procgen", "--total-timesteps", "384", "--threads", "1",
+                      "--out", tmp_path, "--", *HARNESS_TINY)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    log = open(tmp_path / "logs" / "ppo_procgen__1.log").read()
+    assert "step 256/256" in log and "resuming" in log and "step 384/384" in log  # the log is appended to
 
 
 def test_a_failing_run_fails_the_harness_and_is_named(tmp_path):
