@@ -19,7 +19,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from vs_reference import reference  # noqa: E402
+from vs_reference import WINDOW, reference, training_episodes  # noqa: E402
 
 VARIANTS = ["ppo_procgen", "ppo_procgen_aug", "ppo_procgen_nobn"]
 TARGETS = {"train": 8.0, "test": 6.5, "gap": 2.0, "gap_reduction": 0.5}  # the brief's done-when gates
@@ -64,6 +64,12 @@ def load_runs(out_dir, max_step=None):
         if len(parts) != 4 or not os.path.isfile(path):
             continue
         rows = [row for row in map(json.loads, open(path)) if max_step is None or row["global_step"] <= max_step]
+        episodes = training_episodes(os.path.join(root, name))
+        for row in rows:  # the mean return of the training episodes that ended in the WINDOW steps up to the row
+            row["train_episodes"] = None
+            if episodes is not None:
+                ended = (episodes[0] > row["global_step"] - WINDOW) & (episodes[0] <= row["global_step"])
+                row["train_episodes"] = float(episodes[1][ended].mean()) if ended.any() else None
         if rows:
             runs.setdefault(parts[1], {})[int(parts[2])] = rows
     if not runs:
@@ -74,7 +80,7 @@ def load_runs(out_dir, max_step=None):
 def aggregate(runs, last):
     table = {}
     for variant, seeds in runs.items():
-        cells = {k: [] for k in ["train", "test", "gap", "train_completion", "test_completion"]}
+        cells = {k: [] for k in ["train", "test", "gap", "train_completion", "test_completion", "train_episodes"]}
         for rows in seeds.values():
             tail = rows[-last:]
             cells["train"].append(np.mean([r["train_return"] for r in tail]))
@@ -82,7 +88,9 @@ def aggregate(runs, last):
             cells["gap"].append(np.mean([r["gap"] for r in tail]))
             cells["train_completion"].append(np.mean([r["train_completion"] for r in tail]))
             cells["test_completion"].append(np.mean([r["test_completion"] for r in tail]))
-        row = {k: seed_stats(v) for k, v in cells.items()}
+            known = [r["train_episodes"] for r in tail if r["train_episodes"] is not None]
+            cells["train_episodes"].append(np.mean(known) if known else np.nan)
+        row = {k: seed_stats(v) for k, v in cells.items() if not np.isnan(v).any()}
         row["seeds"] = sorted(seeds)
         row["steps"] = [rows[-1]["global_step"] for rows in seeds.values()]
         row["normalized_test"] = (row["test"]["mean"] - 5.0) / 5.0  # CoinRun easy [5, 10]
@@ -147,20 +155,24 @@ def fmt(s, pct=False):
 
 def markdown(table, comp, checks, random_row, last):
     lines = [
-        f"# Gap table\n\nCell: mean of a run's last {last} evaluations; across seeds mean +- std [95% Student-t CI].\n",
-        "| variant | seeds | steps | train | test | gap | train completion | test completion | normalized test |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"# Gap table\n\nCell: mean of a run's last {last} evaluations; across seeds mean +- std [95% Student-t CI]. "
+        f"Training episodes: mean return of the training episodes that ended in the {WINDOW} steps before each of those "
+        "evaluations (the measure the published reference uses; '-' without TensorBoard events).\n",
+        "| variant | seeds | steps | train | test | gap | training episodes | train completion | test completion "
+        "| normalized test |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for v, r in table.items():
         lines.append(
             f"| {v} | {','.join(map(str, r['seeds']))} | {min(r['steps'])} | {fmt(r['train'])} | {fmt(r['test'])} | "
-            f"{fmt(r['gap'])} | {fmt(r['train_completion'], True)} | {fmt(r['test_completion'], True)} | "
+            f"{fmt(r['gap'])} | {fmt(r['train_episodes']) if 'train_episodes' in r else '-'} | "
+            f"{fmt(r['train_completion'], True)} | {fmt(r['test_completion'], True)} | "
             f"{r['normalized_test']:.2f} |"
         )
     if random_row:
         lines.append(
             f"| random policy | - | - | {random_row['train']['mean']:.2f} | {random_row['test']['mean']:.2f} | "
-            f"{random_row['gap']['mean']:.2f} | {random_row['train']['completion']:.1%} | "
+            f"{random_row['gap']['mean']:.2f} | - | {random_row['train']['completion']:.1%} | "
             f"{random_row['test']['completion']:.1%} | {(random_row['test']['mean'] - 5) / 5:.2f} |"
         )
     if comp:

@@ -131,6 +131,21 @@ def test_aggregate_max_step_compares_runs_at_one_horizon(tmp_path):
         aggregate.main([str(tmp_path), "--last", "0"])
 
 
+def test_aggregate_reads_the_training_episodes_from_tensorboard(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    write_run(tmp_path, "with_events", 1, [row(0, 3, 3), row(100000, 5, 4)])
+    write_run(tmp_path, "without", 1, [row(0, 3, 3), row(100000, 5, 4)])
+    writer = SummaryWriter(tmp_path / "runs" / "coinrun__with_events__1__1")
+    for step, ret in [(10000, 0.0), (40000, 10.0), (90000, 0.0), (100000, 10.0)]:  # 65536-step window: the last 3
+        writer.add_scalar("charts/episodic_return", ret, step)
+    writer.close()
+    aggregate.main([str(tmp_path), "--last", "1"])
+    t = json.load(open(tmp_path / "gap_table.json"))["variants"]
+    assert t["with_events"]["train_episodes"]["mean"] == pytest.approx(20 / 3) and "train_episodes" not in t["without"]
+    assert "| without | 1 | 100000 | 5.00 | 4.00 | 1.00 | - |" in open(tmp_path / "gap_table.md").read()
+
+
 def test_t_quantile_matches_tables():
     for df, q in [(1, 12.7062), (2, 4.3027), (5, 2.5706), (30, 2.0423)]:
         assert aggregate.t_quantile(0.975, df) == pytest.approx(q, abs=1e-3)
