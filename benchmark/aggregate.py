@@ -19,7 +19,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from vs_reference import WINDOW, reference, training_episodes  # noqa: E402
+from vs_reference import WINDOW, reference, training_episodes, window_mean  # noqa: E402
 
 VARIANTS = ["ppo_procgen", "ppo_procgen_aug", "ppo_procgen_nobn"]
 TARGETS = {"train": 8.0, "test": 6.5, "gap": 2.0, "gap_reduction": 0.5}  # the brief's done-when gates
@@ -65,11 +65,8 @@ def load_runs(out_dir, max_step=None):
             continue
         rows = [row for row in map(json.loads, open(path)) if max_step is None or row["global_step"] <= max_step]
         episodes = training_episodes(os.path.join(root, name))
-        for row in rows:  # the mean return of the training episodes that ended in the WINDOW steps up to the row
-            row["train_episodes"] = None
-            if episodes is not None:
-                ended = (episodes[0] > row["global_step"] - WINDOW) & (episodes[0] <= row["global_step"])
-                row["train_episodes"] = float(episodes[1][ended].mean()) if ended.any() else None
+        for row in rows:
+            row["train_episodes"] = window_mean(episodes, row["global_step"])
         if rows:
             runs.setdefault(parts[1], {})[int(parts[2])] = rows
     if not runs:
@@ -88,7 +85,7 @@ def aggregate(runs, last):
             cells["gap"].append(np.mean([r["gap"] for r in tail]))
             cells["train_completion"].append(np.mean([r["train_completion"] for r in tail]))
             cells["test_completion"].append(np.mean([r["test_completion"] for r in tail]))
-            known = [r["train_episodes"] for r in tail if r["train_episodes"] is not None]
+            known = [r["train_episodes"] for r in tail if not np.isnan(r["train_episodes"])]
             cells["train_episodes"].append(np.mean(known) if known else np.nan)
         row = {k: seed_stats(v) for k, v in cells.items() if not np.isnan(v).any()}
         row["seeds"] = sorted(seeds)

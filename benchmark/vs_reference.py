@@ -46,6 +46,14 @@ def training_episodes(run_dir):
     return np.array([e.step for e in events]), np.array([e.value for e in events])
 
 
+def window_mean(episodes, step):
+    """Mean return of the training episodes that ended in (step - WINDOW, step], or nan if none did (or no events)."""
+    if episodes is None:
+        return float("nan")
+    ended = (episodes[0] > step - WINDOW) & (episodes[0] <= step)
+    return float(episodes[1][ended].mean()) if ended.any() else float("nan")
+
+
 def main(paths):
     ref = reference()
     fmt = lambda v: "-" if np.isnan(v) else f"{v:.2f}"  # noqa: E731
@@ -61,9 +69,7 @@ def main(paths):
         for r in rows:
             s = r["global_step"]
             rt, rs = interpolate(ref, "train_mean", s), interpolate(ref, "test_mean", s)
-            ep = float("nan")
-            if episodes is not None and ((episodes[0] > s - WINDOW) & (episodes[0] <= s)).any():
-                ep = episodes[1][(episodes[0] > s - WINDOW) & (episodes[0] <= s)].mean()
+            ep = window_mean(episodes, s)
             print(
                 f"| {s} | {r['train_return']:.2f} | {r['test_return']:.2f} | {r['gap']:+.2f} | {fmt(ep)} | {fmt(rt)} | "
                 f"{fmt(rs)} |"
