@@ -6,8 +6,12 @@ BN buffers and env states), then measures the exact mean KL(acting || other) ove
 - train mode, minibatches of each size given (what the update's first minibatch sees, so rollout_kl's expectation),
 - eval mode in fp32 and eval mode at the update's batch size (pure numerics: bf16 rounding, batch-size kernels),
 - eval mode after re-estimating the statistics on this rollout (how far the refresh after an update moves the policy
-  by itself; with --bn-update running this is what replaces the ratio's mismatch).
+  by itself; with --bn-update running this is what replaces the ratio's mismatch),
+- eval mode with statistics estimated on the rollout's first half, on its second half vs. the second half's own
+  statistics: same weights, so this is pure sampling noise (which levels and episode phases a rollout holds);
+  --per-layer splits it by BN layer (only that layer's statistics swapped).
 Usage: python benchmark/bn_mismatch.py CHECKPOINT_OR_RUN_DIR [--num-steps 256] [--minibatch-sizes 512 2048 8192]
+                                       [--per-layer]
 """
 
 import argparse
@@ -43,6 +47,7 @@ def main():
     parser.add_argument("checkpoint")
     parser.add_argument("--num-steps", type=int, default=256)
     parser.add_argument("--minibatch-sizes", type=int, nargs="+", default=[512, 2048, 8192])
+    parser.add_argument("--per-layer", action="store_true", help="split the half-vs-half KL by BN layer")
     cli = parser.parse_args()
     if cli.num_steps <= 0 or min(cli.minibatch_sizes) <= 0:
         base.fail("--num-steps and --minibatch-sizes must be positive")
@@ -89,6 +94,31 @@ def main():
     base.refresh_bn_stats(agent, obs[idx], args.minibatch_size)
     refreshed = logits_in_minibatches(agent, obs, args.minibatch_size, False, gen)
     print(f"| eval mode, statistics re-estimated on this rollout | {kl(acting, refreshed):.2e} |")
+
+    # sampling noise alone: statistics of the first half of the rollout vs. the second half's own, same weights
+    norms = [(n, m) for n, m in agent.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    first, second = obs[: len(obs) // 2], obs[len(obs) // 2 :]
+    stats = []
+    for half in (first, second):
+        base.refresh_bn_stats(agent, half, args.minibatch_size)
+        stats.append([(m.running_mean.clone(), m.running_var.clone()) for _, m in norms])
+
+    def policy_on_second(use_first):
+        for (_, m), f, s, u in zip(norms, stats[0], stats[1], use_first):
+            m.running_mean.copy_((f if u else s)[0]), m.running_var.copy_((f if u else s)[1])
+        return logits_in_minibatches(agent, second, args.minibatch_size, False, gen)
+
+    own = policy_on_second([False] * len(norms))
+    print(f"| eval mode on the second half, first half's statistics vs. its own (sampling noise, same weights) | "
+          f"{kl(own, policy_on_second([True] * len(norms))):.2e} |")  # fmt: skip
+    if cli.per_layer:
+        print("\n| BN layer (only its statistics from the first half) | channels | mean KL | max abs mean shift / std |")
+        print("|---|---|---|---|")
+        for i, (name, m) in enumerate(norms):
+            swapped = kl(own, policy_on_second([j == i for j in range(len(norms))]))
+            (mu1, _), (mu2, var2) = stats[0][i], stats[1][i]
+            shift = ((mu1 - mu2).abs() / (var2 + m.eps).sqrt()).max().item()
+            print(f"| {name} | {len(mu1)} | {swapped:.2e} | {shift:.3f} |")
 
 
 if __name__ == "__main__":

@@ -31,12 +31,17 @@ def test_vs_reference_averages_the_training_episodes_of_the_window(tmp_path):
 
 
 def test_bn_mismatch_measures_acting_vs_update_policy(tiny_run):
-    out = run_script("benchmark/bn_mismatch.py", tiny_run[0], "--num-steps", "8", "--minibatch-sizes", "16", "32").stdout
-    rows = dict(line.strip("|").split("|") for line in out.splitlines() if line.startswith("| ") and "KL" not in line)
-    rows = {k.strip(): float(v) for k, v in rows.items()}
-    assert "step 384, 32 observations" in out and len(rows) == 5
+    args = ("--num-steps", "8", "--minibatch-sizes", "16", "32", "--per-layer")
+    out = run_script("benchmark/bn_mismatch.py", tiny_run[0], *args).stdout
+    cells = [line.strip("|").split("|") for line in out.splitlines() if line.startswith("| ") and "KL" not in line]
+    rows = {c[0].strip(): float(c[1]) for c in cells if len(c) == 2}
+    layers = {c[0].strip(): float(c[2]) for c in cells if len(c) == 4}
+    assert "step 384, 32 observations" in out and len(rows) == 6
     assert rows["eval mode, batch 64 (numerics only)"] < 1e-6  # the acting policy itself
     assert rows["train mode, minibatch 16 (the update's view)"] > 0
     assert rows["eval mode, statistics re-estimated on this rollout"] > 0
+    assert rows["eval mode on the second half, first half's statistics vs. its own (sampling noise, same weights)"] > 0
+    assert len(layers) == 8 and "network.0.body.1" in layers  # IMPALA-small: 3 blocks, 2 BN each + 2 skip BN
+    assert all(v >= 0 for v in layers.values()) and max(layers.values()) > 0
     proc = run_script("benchmark/bn_mismatch.py", "/nonexistent", check=False)
     assert proc.returncode != 0 and "no checkpoint" in proc.stderr and "Traceback" not in proc.stderr
