@@ -144,7 +144,7 @@ for i in "${!cmds[@]}"; do
 done
 while [ "${#pid_name[@]}" -gt 0 ]; do reap; done
 
-"$PY" benchmark/aggregate.py "$out" || failed+=("aggregation")
+"$PY" benchmark/aggregate.py "$out" --max-step "$total" || failed+=("aggregation")  # one horizon for all runs
 if [ ${#failed[@]} -gt 0 ]; then
   printf 'coinrun.sh: error: %d failed:\n' "${#failed[@]}" >&2
   printf '  %s\n' "${failed[@]}" >&2

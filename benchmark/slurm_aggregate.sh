@@ -12,7 +12,7 @@ for name in $EXPECTED; do
   step=$((10#${step#step_}))
   [ "$step" -ge "$TOTAL" ] || missing+=("$name (at step $step of $TOTAL; log: $OUT/logs/$name.log)")
 done
-"$PY" benchmark/aggregate.py "$OUT" || missing+=("aggregation")
+"$PY" benchmark/aggregate.py "$OUT" --max-step "$TOTAL" || missing+=("aggregation")
 if [ ${#missing[@]} -gt 0 ]; then
   echo "coinrun.sh: error: ${#missing[@]} missing or failed:" >&2
   printf '  %s\n' "${missing[@]}" >&2

@@ -57,6 +57,10 @@ def test_harness_runs_seeds_x_variants_then_skips_finished_runs(tmp_path):
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     log = open(tmp_path / "logs" / "ppo_procgen__1.log").read()
     assert "step 256/256" in log and "resuming" in log and "step 384/384" in log  # the log is appended to
+    shorter = harness("--seeds", "1", "2", "--total-timesteps", "256", "--out", tmp_path)
+    assert shorter.returncode == 0 and shorter.stdout.count("done already") == 6, shorter.stdout + shorter.stderr
+    table = json.load(open(tmp_path / "gap_table.json"))  # the table is at the harness's horizon, not a run's
+    assert table["variants"]["ppo_procgen"]["steps"] == [256, 256]
 
 
 def test_a_failing_run_fails_the_harness_and_is_named(tmp_path):
