@@ -54,7 +54,8 @@ def seed_stats(values):
 
 
 def load_runs(out_dir, max_step=None):
-    runs = {}
+    """{variant: {seed: eval rows}}, and {variant: {seed: (steps, returns) of its training episodes, or None}}."""
+    runs, episodes_of = {}, {}
     root = os.path.join(out_dir, "runs")
     if not os.path.isdir(root):
         sys.exit(f"aggregate.py: error: no runs folder {root}")
@@ -65,13 +66,16 @@ def load_runs(out_dir, max_step=None):
             continue
         rows = [row for row in map(json.loads, open(path)) if max_step is None or row["global_step"] <= max_step]
         episodes = training_episodes(os.path.join(root, name))
+        if episodes is not None and max_step is not None:
+            episodes = tuple(a[episodes[0] <= max_step] for a in episodes)
         for row in rows:
             row["train_episodes"] = window_mean(episodes, row["global_step"])
         if rows:
             runs.setdefault(parts[1], {})[int(parts[2])] = rows
+            episodes_of.setdefault(parts[1], {})[int(parts[2])] = episodes
     if not runs:
         sys.exit(f"aggregate.py: error: no runs with eval.jsonl under {root}")
-    return runs
+    return runs, episodes_of
 
 
 def aggregate(runs, last):
@@ -190,16 +194,17 @@ def markdown(table, comp, checks, random_row, last):
     return "\n".join(lines) + "\n"
 
 
-def plot(runs, path):
+def plot(runs, episodes_of, path):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ref = reference()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5), sharey=True)
+    label = "PPO reference (openai/train-procgen, 3 seeds)"
     for ax, split in zip(axes, ["train", "test"]):
-        ax.plot(ref["step"], ref[f"{split}_mean"], "k--", lw=1, label="PPO reference (openai/train-procgen, 3 seeds)")
+        ax.plot(ref["step"], ref[f"{split}_mean"], "k--", lw=1, label=label)
         for i, (variant, seeds) in enumerate(sorted(runs.items())):
             steps = sorted(set.intersection(*[{r["global_step"] for r in rows} for rows in seeds.values()]))
             vals = np.array(
@@ -210,12 +215,26 @@ def plot(runs, path):
             )
             if len(seeds) > 1:
                 ax.fill_between(steps, vals.min(0), vals.max(0), color=f"C{i}", alpha=0.2)
-        max_step = max(r[-1]["global_step"] for seeds in runs.values() for r in seeds.values())
+        ax.set_title(f"evaluation, {split} levels" + (" (200)" if split == "train" else " (unbounded)"))
+    # The training episodes, windowed as the reference's own eprewmean (its last 100 episodes) is: hundreds of
+    # episodes per point, so far less noisy than a 100-episode evaluation.
+    axes[2].plot(ref["step"], ref["train_mean"], "k--", lw=1, label=label)
+    for i, variant in enumerate(sorted(runs)):
+        curves = [e for e in episodes_of[variant].values() if e is not None and len(e[0])]
+        if not curves:
+            continue
+        steps = np.arange(WINDOW, min(e[0][-1] for e in curves) + 1, WINDOW // 2)
+        vals = np.array([[window_mean(e, s) for s in steps] for e in curves])
+        axes[2].plot(steps, vals.mean(0), "-", color=f"C{i}")
+        if len(curves) > 1:
+            axes[2].fill_between(steps, vals.min(0), vals.max(0), color=f"C{i}", alpha=0.2)
+    axes[2].set_title(f"training episodes (200 levels), mean over each {WINDOW:,} steps")
+    max_step = max(r[-1]["global_step"] for seeds in runs.values() for r in seeds.values())
+    for ax in axes:
         ax.set_xlim(0, max(max_step, 1) * 1.05)
-        ax.set_title(f"{split} levels" + (" (200)" if split == "train" else " (unbounded)"))
         ax.set_xlabel("environment steps")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("evaluation return (band: min-max over seeds)")
+    axes[0].set_ylabel("return (band: min-max over seeds)")
     axes[1].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path + ".tmp.png", dpi=100)
@@ -230,7 +249,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.last <= 0 or (args.max_step is not None and args.max_step < 0):
         p.error("--last must be positive and --max-step >= 0")
-    runs = load_runs(args.out_dir, args.max_step)
+    runs, episodes_of = load_runs(args.out_dir, args.max_step)
     table = aggregate(runs, args.last)
     comp = comparison(table)
     checks = checklist(table, comp)
@@ -246,7 +265,7 @@ def main(argv=None):
         with open(os.path.join(args.out_dir, name + ".tmp"), "w") as f:
             f.write(text)
         os.replace(os.path.join(args.out_dir, name + ".tmp"), os.path.join(args.out_dir, name))
-    plot(runs, os.path.join(args.out_dir, "curves.png"))
+    plot(runs, episodes_of, os.path.join(args.out_dir, "curves.png"))
     print(open(os.path.join(args.out_dir, "gap_table.md")).read())
 
 

@@ -148,6 +148,8 @@ def test_aggregate_reads_the_training_episodes_from_tensorboard(tmp_path):
     t = json.load(open(tmp_path / "gap_table.json"))["variants"]
     assert t["with_events"]["train_episodes"]["mean"] == pytest.approx(20 / 3) and "train_episodes" not in t["without"]
     assert "| without | 1 | 100000 | 5.00 | 4.00 | 1.00 | - |" in open(tmp_path / "gap_table.md").read()
+    _, episodes = aggregate.load_runs(str(tmp_path), max_step=50000)  # curves.png's third panel, cut at the horizon
+    assert list(episodes["with_events"][1][0]) == [10000, 40000] and episodes["without"][1] is None
 
 
 def test_t_quantile_matches_tables():
