@@ -465,8 +465,9 @@ def bn_mode_kl(agent, x):
 
 
 class RewardScaler:
-    """Divides rewards by a running std of the discounted return (train-procgen's VecNormalize(ob=False), CleanRL's
-    NormalizeReward), without clipping. Only the value targets see scaled rewards; logged returns stay raw."""
+    """Divides rewards by a running std of the discounted return, as train-procgen's VecNormalize(ob=False) and CleanRL's
+    NormalizeReward do, but without their clipping of the scaled reward to +-10. Only the value targets see scaled
+    rewards; logged returns stay raw."""
 
     def __init__(self, num_envs, gamma):
         self.gamma, self.ret = gamma, np.zeros(num_envs)
