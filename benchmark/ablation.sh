@@ -15,6 +15,7 @@ CONFIGS=(
   "bn_act_batch|ppo_procgen|--bn-act batch"
   "bn_update_running|ppo_procgen|--bn-update running"
   "no_norm_reward|ppo_procgen|--no-norm-reward"
+  "no_clip_vloss|ppo_procgen|--no-clip-vloss"
   "reference|ppo_procgen_nobn|--arch espeholt --pool flatten --num-steps 256 --minibatch-size 2048"
 )
 
