@@ -216,3 +216,20 @@ def test_ablation_runs_named_configurations_and_tables_them(tmp_path):
     bad = ablation("--only", "nosuch")
     assert bad.returncode == 2 and "unknown configuration 'nosuch'" in bad.stderr
     assert harness("--name", "x", "--dry-run").returncode == 2  # --name with three variants
+
+
+def test_every_ablation_configuration_is_valid_for_its_script():
+    import importlib
+    import re
+
+    import tyro
+
+    text = open(os.path.join(ROOT, "benchmark", "ablation.sh")).read()
+    configs = re.findall(r'^  "(\w+)\|(\w+)\|([^"]*)"$', text, re.M)
+    assert len(configs) >= 11 and configs[0] == ("default", "ppo_procgen", "")
+    for tag, script, flags in configs:
+        module = importlib.import_module(script)
+        args = tyro.cli(module.Args, args=flags.split())  # a misspelt flag exits here, naming it
+        module.check_args(args)
+    with pytest.raises(SystemExit):
+        tyro.cli(importlib.import_module("ppo_procgen").Args, args=["--no-clip-vlos"])
