@@ -11,6 +11,8 @@ CONFIGS=(
   "espeholt|ppo_procgen|--arch espeholt"
   "nobn|ppo_procgen_nobn|"
   "steps256_mb2048|ppo_procgen|--num-steps 256 --minibatch-size 2048"
+  "steps256|ppo_procgen|--num-steps 256"
+  "mb2048|ppo_procgen|--minibatch-size 2048"
   "amp_none|ppo_procgen|--amp none"
   "bn_act_batch|ppo_procgen|--bn-act batch"
   "bn_update_running|ppo_procgen|--bn-update running"

@@ -226,7 +226,7 @@ def test_every_ablation_configuration_is_valid_for_its_script():
 
     text = open(os.path.join(ROOT, "benchmark", "ablation.sh")).read()
     configs = re.findall(r'^  "(\w+)\|(\w+)\|([^"]*)"$', text, re.M)
-    assert len(configs) >= 11 and configs[0] == ("default", "ppo_procgen", "")
+    assert len(configs) >= 13 and configs[0] == ("default", "ppo_procgen", "")
     for tag, script, flags in configs:
         module = importlib.import_module(script)
         args = tyro.cli(module.Args, args=flags.split())  # a misspelt flag exits here, naming it
