@@ -19,6 +19,7 @@ CONFIGS=(
   "no_norm_reward|ppo_procgen|--no-norm-reward"
   "no_clip_vloss|ppo_procgen|--no-clip-vloss"
   "reference|ppo_procgen_nobn|--arch espeholt --pool flatten --num-steps 256 --minibatch-size 2048"
+  "reference_raw_reward|ppo_procgen_nobn|--arch espeholt --pool flatten --num-steps 256 --minibatch-size 2048 --no-norm-reward"
 )
 
 usage() {
@@ -29,8 +30,9 @@ usage: bash benchmark/ablation.sh [--only TAG [TAG ...]] [--seeds S [S ...]] [--
 Runs each configuration below for the given seeds (default: 1) to --total-timesteps (default: 524288), evaluating
 every 131072 steps, one run at a time, into DIR/runs (default: benchmark/out/ablation); re-running resumes. Then
 DIR/gap_table.md and DIR/curves.png compare them all at that horizon. "reference" is the published PPO configuration
-(openai/train-procgen). Configurations (tag: script flags):
-$(for c in "${CONFIGS[@]}"; do IFS='|' read -r t s f <<<"$c"; printf '  %-18s %s %s\n' "$t:" "$s.py" "$f"; done)
+(openai/train-procgen); "reference_raw_reward" is it without our reward scaling: on CoinRun, train-procgen's +-10 clip
+of the scaled reward gives back the raw +10 while the return's std is below 1 (see README). Configurations:
+$(for c in "${CONFIGS[@]}"; do IFS='|' read -r t s f <<<"$c"; printf '  %-21s %s %s\n' "$t:" "$s.py" "$f"; done)
 EOF
 }
 
