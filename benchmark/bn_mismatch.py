@@ -105,7 +105,9 @@ def main():
 
     def policy_on_second(use_first):
         for (_, m), f, s, u in zip(norms, stats[0], stats[1], use_first):
-            m.running_mean.copy_((f if u else s)[0]), m.running_var.copy_((f if u else s)[1])
+            mean, var = f if u else s
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
         return logits_in_minibatches(agent, second, args.minibatch_size, False, gen)
 
     own = policy_on_second([False] * len(norms))
