@@ -1,5 +1,6 @@
 # PPO + IMPALA-CNN with BatchNorm on Procgen, with random-shift augmentation; train on fixed levels, test on unseen ones.
 # Docs and results: README.md. Based on CleanRL's ppo_procgen.py (https://github.com/vwxyzjn/cleanrl).
+import ctypes
 import glob
 import json
 import os
@@ -45,6 +46,8 @@ class Args:
     """autocast the network's forward passes (losses and optimizer stay fp32; fp16 uses a grad scaler)"""
     compile: bool = False
     """torch.compile the network"""
+    retain_memory: bool = True
+    """keep freed memory for reuse instead of handing it back to the OS (glibc only; ~1.7x faster CPU updates: README)"""
 
     # Environment
     env_id: str = "coinrun"
@@ -143,6 +146,7 @@ RESUMABLE = {
     "channels_last",
     "amp",
     "compile",
+    "retain_memory",
 }
 
 
@@ -345,8 +349,21 @@ class Agent(nn.Module):
         return action, probs.log_prob(action), probs.entropy(), value
 
 
+def retain_freed_memory():
+    """Stop glibc's malloc from returning big freed blocks (a minibatch's activations) to the OS, only to page-fault
+    them back in, zeroed, on the next step. False where there is no glibc (macOS, musl)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    return libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
+
+
 def set_speed_options(agent, args, device):
-    """Apply --channels-last/--amp/--compile, warning and running without an option the device lacks."""
+    """Apply --channels-last/--amp/--compile/--retain-memory, warning and running without an option that is missing."""
+    if args.retain_memory and not retain_freed_memory():
+        print("warning: --retain-memory needs glibc's malloc; running without it", file=sys.stderr)
     agent.channels_last = args.channels_last
     if args.channels_last:
         agent.to(memory_format=torch.channels_last)

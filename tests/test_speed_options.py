@@ -1,6 +1,10 @@
-"""The speed options (channels-last, bf16 autocast, compile) compute what fp32 computes, within stated tolerances."""
+"""The speed options (channels-last, bf16 autocast, compile) compute what fp32 computes, within stated tolerances;
+--retain-memory stops the page faults it is for."""
 
 import copy
+import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -8,6 +12,8 @@ import torch
 from test_ppo_procgen import random_obs
 
 import ppo_procgen as base
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def loss_and_grads(agent, x, actions):
@@ -22,9 +28,9 @@ def loss_and_grads(agent, x, actions):
 @pytest.mark.parametrize(
     "options, logit_atol, grad_cos",
     [
-        (dict(channels_last=True, amp="none", compile=False), 1e-4, 0.9999),
-        (dict(channels_last=True, amp="bf16", compile=False), 0.05, 0.99),
-        (dict(channels_last=False, amp="bf16", compile=False), 0.05, 0.99),
+        (dict(channels_last=True, amp="none", compile=False, retain_memory=False), 1e-4, 0.9999),
+        (dict(channels_last=True, amp="bf16", compile=False, retain_memory=False), 0.05, 0.99),
+        (dict(channels_last=False, amp="bf16", compile=False, retain_memory=False), 0.05, 0.99),
     ],
 )
 def test_fast_path_matches_fp32(arch, options, logit_atol, grad_cos):
@@ -43,3 +49,28 @@ def test_fast_path_matches_fp32(arch, options, logit_atol, grad_cos):
     assert (value - value_ref).abs().max() < logit_atol
     assert torch.nn.functional.cosine_similarity(grad, grad_ref, dim=0) > grad_cos
     assert (grad.norm() / grad_ref.norm() - 1).abs() < 1 - grad_cos + 0.01
+
+
+PAGE_FAULTS = """
+import resource, sys, torch
+sys.path.insert(0, sys.argv[1])
+import ppo_procgen
+retained = ppo_procgen.retain_freed_memory() if sys.argv[2] == "1" else None
+for step in range(12):
+    if step == 2:  # after warm-up
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.ones(64 << 20, dtype=torch.uint8)  # 64 MB, like a minibatch's first activations, freed at once
+print(retained, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_retain_memory_stops_page_faults_on_big_blocks():
+    def faults(retain):
+        out = subprocess.run([sys.executable, "-c", PAGE_FAULTS, ROOT, retain], capture_output=True, text=True, check=True)
+        return out.stdout.split()
+
+    (_, without), (retained, with_) = faults("0"), faults("1")
+    assert retained == "True"
+    assert int(without) > 9 * 16_384  # each of the 10 blocks mapped afresh: 16,384 pages of 4 KB
+    assert int(with_) < 3 * 16_384  # the same memory reused (the heap may still grow once or twice)
