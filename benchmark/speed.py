@@ -15,11 +15,15 @@ import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OPTION_SETS = {
-    "fp32": ["--amp", "none", "--no-channels-last", "--no-compile"],
+FP32 = ["--amp", "none", "--no-channels-last", "--no-compile"]
+DEFAULT = ["--amp", "bf16", "--channels-last", "--no-compile"]
+OPTION_SETS = {  # --retain-memory is on unless a set turns it off
+    "fp32": FP32,
+    "fp32_no_retain": [*FP32, "--no-retain-memory"],
     "channels_last": ["--amp", "none", "--channels-last", "--no-compile"],
-    "channels_last+bf16": ["--amp", "bf16", "--channels-last", "--no-compile"],
-    "channels_last+bf16+compile": ["--amp", "bf16", "--channels-last", "--compile"],
+    "default": DEFAULT,
+    "default_no_retain": [*DEFAULT, "--no-retain-memory"],
+    "default+compile": ["--amp", "bf16", "--channels-last", "--compile"],
 }
 
 
@@ -36,13 +40,18 @@ def measure(script, options, iterations, num_envs, num_steps, extra):
                "--total-timesteps", str(steps), "--eval-frequency", str(10 * steps), "--checkpoint-frequency", str(steps),
                "--runs-dir", runs, *options, *extra]  # fmt: skip
         print("$", " ".join(cmd[1:]), flush=True)
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.exit(f"speed.py: error: the run failed:\n{proc.stderr[-2000:]}")
+        with tempfile.TemporaryFile("w+") as err:
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True)
+            _, status, usage = os.wait4(proc.pid, 0)  # this run's own peak memory
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            if proc.returncode != 0:
+                err.seek(0)
+                sys.exit(f"speed.py: error: the run failed:\n{err.read()[-2000:]}")
         s = scalars(os.path.join(runs, os.listdir(runs)[0]))
     steady = slice(1, None) if iterations > 1 else slice(None)
     t = {k: s[f"perf/{k}_time"][steady].mean() for k in ["rollout", "env", "inference", "update"]}
-    return {"sps": num_envs * num_steps / (t["rollout"] + t["update"]), **t, "eval": s["perf/eval_time"].mean()}
+    sps = num_envs * num_steps / (t["rollout"] + t["update"])
+    return {"sps": sps, **t, "eval": s["perf/eval_time"].mean(), "peak_gb": usage.ru_maxrss / 2**20}
 
 
 def main():
@@ -59,11 +68,11 @@ def main():
     base = rows[args.sets[0]]["sps"]
     print(f"\n{args.script}, {args.num_envs} envs x {args.num_steps} steps, iterations 2..{args.iterations} "
           f"(seconds per iteration; eval: one evaluation of the run's --num-eval-episodes per split)\n")  # fmt: skip
-    print("| options | SPS | speed-up | rollout | env | inference | update | eval |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| options | SPS | speed-up | rollout | env | inference | update | eval | peak memory (GiB) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         print(f"| {name} | {r['sps']:.0f} | {r['sps'] / base:.2f}x | {r['rollout']:.2f} | {r['env']:.2f} | "
-              f"{r['inference']:.2f} | {r['update']:.2f} | {r['eval']:.1f} |")  # fmt: skip
+              f"{r['inference']:.2f} | {r['update']:.2f} | {r['eval']:.1f} | {r['peak_gb']:.1f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

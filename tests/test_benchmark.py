@@ -1,4 +1,4 @@
-"""Benchmark helpers: the reference comparison reads the published curve correctly."""
+"""Benchmark helpers: the reference comparison reads the published curve correctly; the speed table runs."""
 
 import json
 
@@ -45,3 +45,14 @@ def test_bn_mismatch_measures_acting_vs_update_policy(tiny_run):
     assert all(v >= 0 for v in layers.values()) and max(layers.values()) > 0
     proc = run_script("benchmark/bn_mismatch.py", "/nonexistent", check=False)
     assert proc.returncode != 0 and "no checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_speed_table_has_a_row_per_option_set():
+    sets = ["fp32", "default_no_retain"]
+    tiny = ["--minibatch-size", "64", "--num-eval-episodes", "2", "--threads", "1"]
+    args = ("--iterations", "2", "--num-envs", "4", "--num-steps", "32", "--sets", *sets, "--", *tiny)
+    out = run_script("benchmark/speed.py", *args).stdout
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [r[0] for r in rows] == ["| options", "| fp32", "| default_no_retain"] and rows[0][-1] == "peak memory (GiB) |"
+    assert rows[1][2] == "1.00x" and all(float(v.strip(" |")) > 0 for r in rows[1:] for v in r[3:])
+    assert "--no-retain-memory" in out and "--amp none --no-channels-last" in out  # the commands it ran
