@@ -224,9 +224,10 @@ def test_every_ablation_configuration_is_valid_for_its_script():
 
     import tyro
 
-    text = open(os.path.join(ROOT, "benchmark", "ablation.sh")).read()
-    configs = re.findall(r'^  "(\w+)\|(\w+)\|([^"]*)"$', text, re.M)
-    assert len(configs) >= 13 and configs[0] == ("default", "ppo_procgen", "")
+    listed = ablation("--help").stdout  # the configurations as the script expands them
+    configs = re.findall(r"^  (\w+): +(\w+)\.py ?(.*)$", listed, re.M)
+    assert len(configs) >= 14 and ("default", "ppo_procgen", "") in configs
+    assert ("brief", "ppo_procgen", "--num-steps 512 --minibatch-size 512") in configs
     for tag, script, flags in configs:
         module = importlib.import_module(script)
         args = tyro.cli(module.Args, args=flags.split())  # a misspelt flag exits here, naming it
