@@ -4,7 +4,8 @@
 
 Reads OUT_DIR/runs/{env}__{variant}__{seed}__{time}/eval.jsonl ({variant} is the run's --exp-name, so ablations of one
 script are rows of their own). A run's cell is the mean of its last --last evaluations (up to step --max-step, to
-compare runs of different lengths at one horizon); across seeds: mean +- std, the per-seed values, and a 95%
+compare runs of different lengths at one horizon; the seeds of one row at the last step all of them reached, the
+plot drawing any seed that went further on its own); across seeds: mean +- std, the per-seed values, and a 95%
 Student-t CI over seeds (honest with 3 seeds: t(0.975, 2) = 4.30, not 1.96). A random-policy row is added from
 OUT_DIR/random/report.json when present (`eval_generalization.py --random --out OUT_DIR/random`).
 """
@@ -82,8 +83,9 @@ def aggregate(runs, last):
     table = {}
     for variant, seeds in runs.items():
         cells = {k: [] for k in ["train", "test", "gap", "train_completion", "test_completion", "train_episodes"]}
+        horizon = min(rows[-1]["global_step"] for rows in seeds.values())  # seeds compared at one step
         for rows in seeds.values():
-            tail = rows[-last:]
+            tail = [r for r in rows if r["global_step"] <= horizon][-last:]
             cells["train"].append(np.mean([r["train_return"] for r in tail]))
             cells["test"].append(np.mean([r["test_return"] for r in tail]))
             cells["gap"].append(np.mean([r["gap"] for r in tail]))
@@ -93,7 +95,8 @@ def aggregate(runs, last):
             cells["train_episodes"].append(np.mean(known) if known else np.nan)
         row = {k: seed_stats(v) for k, v in cells.items() if not np.isnan(v).any()}
         row["seeds"] = sorted(seeds)
-        row["steps"] = [rows[-1]["global_step"] for rows in seeds.values()]
+        row["steps"] = [horizon] * len(seeds)
+        row["beyond"] = {s: rows[-1]["global_step"] for s, rows in sorted(seeds.items()) if rows[-1]["global_step"] > horizon}
         row["normalized_test"] = (row["test"]["mean"] - 5.0) / 5.0  # CoinRun easy [5, 10]
         row["sample_efficiency"] = first_step_reaching(seeds)
         row["every_seed_meets_targets"] = all(
@@ -170,6 +173,10 @@ def markdown(table, comp, checks, random_row, last):
             f"{fmt(r['train_completion'], True)} | {fmt(r['test_completion'], True)} | "
             f"{r['normalized_test']:.2f} |"
         )
+    beyond = [f"{v} seed {s} to {n}" for v, r in table.items() for s, n in r["beyond"].items()]
+    if beyond:
+        lines.append(f"\nSeeds of one row are compared at the last step all of them reached; evaluations beyond it: "
+                     f"{', '.join(beyond)} (their curves go on in curves.png).")  # fmt: skip
     if random_row:
         lines.append(
             f"| random policy | - | - | {random_row['train']['mean']:.2f} | {random_row['test']['mean']:.2f} | "
@@ -215,6 +222,10 @@ def plot(runs, episodes_of, path):
             )
             if len(seeds) > 1:
                 ax.fill_between(steps, vals.min(0), vals.max(0), color=f"C{i}", alpha=0.2)
+                for rows in seeds.values():  # a seed that went further than the others: its own thin line on
+                    more = [r for r in rows if r["global_step"] >= steps[-1]]
+                    if len(more) > 1:
+                        ax.plot([r["global_step"] for r in more], [r[f"{split}_return"] for r in more], ":", color=f"C{i}")
         ax.set_title(f"evaluation, {split} levels" + (" (200)" if split == "train" else " (unbounded)"))
     # The training episodes, windowed as the reference's own eprewmean (its last 100 episodes) is: hundreds of
     # episodes per point, so far less noisy than a 100-episode evaluation.
@@ -228,6 +239,10 @@ def plot(runs, episodes_of, path):
         axes[2].plot(steps, vals.mean(0), "-", color=f"C{i}")
         if len(curves) > 1:
             axes[2].fill_between(steps, vals.min(0), vals.max(0), color=f"C{i}", alpha=0.2)
+            for e in curves:
+                more = np.arange(steps[-1], e[0][-1] + 1, WINDOW // 2)
+                if len(more) > 1:
+                    axes[2].plot(more, [window_mean(e, s) for s in more], ":", color=f"C{i}")
     axes[2].set_title(f"training episodes (200 levels), mean over each {WINDOW:,} steps")
     max_step = max(r[-1]["global_step"] for seeds in runs.values() for r in seeds.values())
     for ax in axes:
