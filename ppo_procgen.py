@@ -92,8 +92,9 @@ class Args:
     """the K epochs to update the policy"""
     norm_adv: bool = True
     """toggles advantages normalization"""
-    norm_reward: bool = True
-    """divide rewards by a running std of the discounted return, for the value function only (no clipping)"""
+    norm_reward: bool = False
+    """divide the value function's rewards by a running std of the discounted return (no clipping); off: the brief's
+    raw rewards, which learn as well on CoinRun (README)"""
     clip_coef: float = 0.2
     """the surrogate clipping coefficient"""
     clip_vloss: bool = True

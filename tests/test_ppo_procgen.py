@@ -193,6 +193,19 @@ def test_ppo_losses_match_slow_reference():
     )
 
 
+def test_reward_scaler_divides_by_the_std_of_every_discounted_return_seen():
+    rng = np.random.default_rng(2)
+    scaler, ret, seen = base.RewardScaler(4, 0.9), np.zeros(4), []
+    for _ in range(50):
+        reward, done = rng.choice([0.0, 10.0], 4, p=[0.9, 0.1]), rng.random(4) < 0.1
+        ret = ret * 0.9 + reward
+        seen.append(ret.copy())
+        scaled = scaler(reward, done)
+        ret[done] = 0.0  # a finished episode's return starts again
+        np.testing.assert_allclose(scaled, reward / np.sqrt(np.var(np.concatenate(seen)) + 1e-8), rtol=1e-4)
+    assert not base.Args().norm_reward  # the default trains on the brief's raw rewards
+
+
 def random_obs(n, seed=0):
     return torch.randint(0, 256, (n, 64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
