@@ -173,16 +173,16 @@ def markdown(table, comp, checks, random_row, last):
             f"{fmt(r['train_completion'], True)} | {fmt(r['test_completion'], True)} | "
             f"{r['normalized_test']:.2f} |"
         )
-    beyond = [f"{v} seed {s} to {n}" for v, r in table.items() for s, n in r["beyond"].items()]
-    if beyond:
-        lines.append(f"\nSeeds of one row are compared at the last step all of them reached; evaluations beyond it: "
-                     f"{', '.join(beyond)} (their curves go on in curves.png).")  # fmt: skip
     if random_row:
         lines.append(
             f"| random policy | - | - | {random_row['train']['mean']:.2f} | {random_row['test']['mean']:.2f} | "
             f"{random_row['gap']['mean']:.2f} | - | {random_row['train']['completion']:.1%} | "
             f"{random_row['test']['completion']:.1%} | {(random_row['test']['mean'] - 5) / 5:.2f} |"
         )
+    beyond = [f"{v} seed {s} to {n}" for v, r in table.items() for s, n in r["beyond"].items()]
+    if beyond:
+        lines.append(f"\nSeeds of one row are compared at the last step all of them reached; evaluations beyond it: "
+                     f"{', '.join(beyond)} (their curves go on in curves.png).")  # fmt: skip
     if comp:
         ci = comp["gap_reduction_ci95"]
         ci_text = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""

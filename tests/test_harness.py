@@ -239,7 +239,14 @@ def test_every_ablation_configuration_is_valid_for_its_script():
 def test_aggregate_compares_the_seeds_of_a_row_at_their_common_step(tmp_path):
     write_run(tmp_path, "ppo_procgen", 1, [row(0, 3, 3), row(100, 5, 4), row(200, 9, 9)])
     write_run(tmp_path, "ppo_procgen", 2, [row(0, 3, 3), row(100, 7, 6)])
+    (tmp_path / "random").mkdir()
+    random_cell = {"mean": 3.0, "completion": 0.3}
+    (tmp_path / "random" / "report.json").write_text(
+        json.dumps({"checkpoints": {"random": {"train": random_cell, "test": random_cell, "gap": {"mean": 0.0}}}})
+    )
     aggregate.main([str(tmp_path), "--last", "1"])
     t = json.load(open(tmp_path / "gap_table.json"))["variants"]["ppo_procgen"]
     assert t["train"]["values"] == [5.0, 7.0] and t["steps"] == [100, 100] and t["beyond"] == {"1": 200}
-    assert "ppo_procgen seed 1 to 200" in open(tmp_path / "gap_table.md").read()
+    md = open(tmp_path / "gap_table.md").read()
+    assert "ppo_procgen seed 1 to 200" in md
+    assert "|\n| random policy |" in md  # the random row stays inside the table, the note comes after it
