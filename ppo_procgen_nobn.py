@@ -60,10 +60,12 @@ class Args:
     """Procgen's difficulty mode"""
 
     # Network
-    arch: Literal["impala", "espeholt", "nature"] = "impala"
-    """impala: the brief's IMPALA-small; espeholt: CleanRL's / train-procgen's IMPALA-CNN; nature: Nature-DQN CNN"""
+    arch: Literal["impala", "espeholt", "nature"] = "espeholt"
+    """espeholt: CleanRL's / train-procgen's IMPALA-CNN; impala: the brief's IMPALA-small (learns slower: README); nature:
+    Nature-DQN CNN"""
     pool: Optional[Literal["gap", "flatten"]] = None
-    """IMPALA archs only: global average pooling or flatten before the 256-unit layer (default: gap)"""
+    """IMPALA archs only: global average pooling or flatten before the 256-unit layer (default: flatten;
+    the brief's is `--arch impala --pool gap`)"""
     channels: Optional[tuple[int, ...]] = None
     """IMPALA archs only: channels of each stage (default: 16 32 32)"""
 
@@ -272,7 +274,7 @@ def make_network(arch, channels, pool, obs_shape=(64, 64, 3)):
 
 
 class Agent(nn.Module):
-    def __init__(self, num_actions, arch="impala", channels=(16, 32, 32), pool="gap", channels_last=False, amp="none"):
+    def __init__(self, num_actions, arch="espeholt", channels=(16, 32, 32), pool="flatten", channels_last=False, amp="none"):
         super().__init__()
         self.network, hidden = make_network(arch, channels, pool)
         self.actor = layer_init(nn.Linear(hidden, num_actions), std=0.01)
@@ -488,7 +490,7 @@ if __name__ == "__main__":
         args, ckpt = resume_args(args, path)
         run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
     else:
-        args.pool = args.pool or ("gap" if args.arch != "nature" else None)
+        args.pool = args.pool or ("flatten" if args.arch != "nature" else None)
         args.channels = args.channels or ((16, 32, 32) if args.arch != "nature" else None)
         run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
         run_dir = os.path.join(args.runs_dir, run_name)

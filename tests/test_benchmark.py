@@ -41,7 +41,7 @@ def test_bn_mismatch_measures_acting_vs_update_policy(tiny_run):
     assert rows["train mode, minibatch 16 (the update's view)"] > 0
     assert rows["eval mode, statistics re-estimated on this rollout"] > 0
     assert rows["eval mode on the second half, first half's statistics vs. its own (sampling noise, same weights)"] > 0
-    assert len(layers) == 8 and "network.0.body.1" in layers  # IMPALA-small: 3 blocks, 2 BN each + 2 skip BN
+    assert len(layers) == 15 and "network.0.1" in layers  # 3 stages: conv-BN, 2 residual blocks of 2 BN each
     assert all(v >= 0 for v in layers.values()) and max(layers.values()) > 0
     proc = run_script("benchmark/bn_mismatch.py", "/nonexistent", check=False)
     assert proc.returncode != 0 and "no checkpoint" in proc.stderr and "Traceback" not in proc.stderr

@@ -191,8 +191,8 @@ def test_checkpoint_that_does_not_fit_its_architecture_is_refused(tiny_run, tmp_
     import torch
 
     ckpt = torch.load(sorted((Path(tiny_run[0]) / "checkpoints").glob("*.pt"))[-1], weights_only=True)
-    ckpt["args"]["arch"] = "espeholt"  # impala weights, espeholt network
+    ckpt["args"]["arch"] = "impala"  # espeholt weights, impala network
     torch.save(ckpt, tmp_path / "x.pt")
     proc = run_script("eval_generalization.py", tmp_path / "x.pt", *SMALL, check=False)
-    assert proc.returncode != 0 and "does not fit ppo_procgen.py's espeholt network" in proc.stderr
+    assert proc.returncode != 0 and "does not fit ppo_procgen.py's impala network" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -227,7 +227,8 @@ def test_every_ablation_configuration_is_valid_for_its_script():
     listed = ablation("--help").stdout  # the configurations as the script expands them
     configs = re.findall(r"^  (\w+): +(\w+)\.py ?(.*)$", listed, re.M)
     assert len(configs) >= 14 and ("default", "ppo_procgen", "") in configs
-    assert ("brief", "ppo_procgen", "--num-steps 512 --minibatch-size 512 --norm-reward") in configs
+    brief = "--arch impala --pool gap --num-steps 512 --minibatch-size 512 --norm-reward"
+    assert ("brief", "ppo_procgen", brief) in configs and ("impala_gap", "ppo_procgen", "--arch impala --pool gap") in configs
     for tag, script, flags in configs:
         module = importlib.import_module(script)
         args = tyro.cli(module.Args, args=flags.split())  # a misspelt flag exits here, naming it
