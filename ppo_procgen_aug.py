@@ -61,8 +61,8 @@ class Args:
 
     # Network
     arch: Literal["impala", "espeholt", "nature"] = "espeholt"
-    """espeholt: CleanRL's / train-procgen's IMPALA-CNN; impala: the brief's IMPALA-small (learns slower: README); nature:
-    Nature-DQN CNN"""
+    """espeholt: CleanRL's / train-procgen's IMPALA-CNN; impala: the brief's IMPALA-small (learns slower: README);
+    nature: Nature-DQN CNN"""
     pool: Optional[Literal["gap", "flatten"]] = None
     """IMPALA archs only: global average pooling or flatten before the 256-unit layer (default: flatten;
     the brief's is `--arch impala --pool gap`)"""
