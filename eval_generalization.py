@@ -26,6 +26,10 @@ VARIANTS = ("ppo_procgen", "ppo_procgen_aug", "ppo_procgen_nobn")
 # Procgen's normalisation constants (R_min, R_max), easy mode, from openai/train-procgen; others are not reported.
 NORMALIZATION = {"coinrun": (5.0, 10.0)}
 EVAL_SEED = 0x5EED  # unrelated to any training seed's derivation
+MAX_EPISODE_STEPS = 1000  # Procgen's timeout
+# Procgen's 15 actions (procgen.env.get_combos) by what they do in a platformer; the rest (down, no-op, the six
+# keys D A W S Q E) leave the agent where it is. Uniform: left 0.2, right 0.2, jump 0.2, still 0.6.
+ACTION_GROUPS = {"left": [0, 1, 2], "right": [6, 7, 8], "jump": [2, 5, 8]}
 
 
 def fail(msg):
@@ -107,6 +111,7 @@ def summarize(returns, completed, lengths, env_id):
         "ci95": [mean - 1.96 * se, mean + 1.96 * se],
         "se": float(se),
         "completion": float(completed.mean()),
+        "timeout": float((~completed & (lengths >= MAX_EPISODE_STEPS)).mean()),  # the rest of the failures died
         "mean_length": float(lengths.mean()),
         "episodes": n,
     }
@@ -194,6 +199,14 @@ def saliency(agent, frames, device):
     return x.grad.abs().amax(-1).cpu().numpy()
 
 
+def action_mix(agent, frames, device):
+    """The policy's mean probability of moving left, right and jumping on frames (..., 64, 64, 3): a policy that
+    drifts left (right < left) never reaches CoinRun's coin, however high its entropy."""
+    with torch.inference_mode():
+        probs = torch.softmax(agent(torch.as_tensor(frames.reshape(-1, *frames.shape[-3:])).to(device))[0], -1).cpu()
+    return {group: float(probs[:, idx].sum(-1).mean()) for group, idx in ACTION_GROUPS.items()}
+
+
 def feature_shift(agent, frames, device, seed=0):
     """Held-out accuracy of a logistic-regression probe telling train-level from test-level penultimate features
     (0.5: indistinguishable). frames: (2, n, 64, 64, 3); half of each split trains the probe, the rest scores it."""
@@ -254,7 +267,7 @@ def record_videos(agent, env_id, mode, n, out, name, generator, greedy, device):
     chosen = list(np.flatnonzero(~completed)[:n]) + list(np.flatnonzero(completed)[:n])
     videos = []
     for i in chosen:
-        outcome = "coin" if completed[i] else "timeout" if length[i] >= 1000 else "death"
+        outcome = "coin" if completed[i] else "timeout" if length[i] >= MAX_EPISODE_STEPS else "death"
         replay = ProcgenGym3Env(num=1, env_name=env_id, distribution_mode=mode, render_mode="rgb_array")
         replay.callmethod("set_state", [states[i]])
         frames = []
@@ -363,6 +376,7 @@ def main(argv=None):
                 module, agent, a["env_id"], a["num_levels"], a["distribution_mode"], opts.feature_frames, 30, device
             )
             report["feature_shift_probe_accuracy"] = feature_shift(agent, frames, device)
+            report["action_mix"] = action_mix(agent, frames, device)
         report.update(checkpoint=ckpt_path, env_id=a["env_id"], seconds=time.time() - t0, greedy=opts.greedy)
         results[name] = report
         csv_path = os.path.join(out, f"levels_{name.replace('@', '_step')}.csv")
@@ -394,22 +408,23 @@ def markdown(data, opts):
     lines = [
         f"# Generalization report\n\n{opts.episodes_per_level} episodes per training level, {opts.test_episodes} test "
         f"episodes on unbounded levels, {policy} policy, BN in eval mode. CI: mean +- 1.96 SE (episodes).\n",
-        "| checkpoint | train | test | gap (train - test) | train completion | test completion | normalized test | seconds |",
-        "|---|---|---|---|---|---|---|---|",
+        "| checkpoint | train | test | gap (train - test) | train completion | test completion | test timeouts "
+        "| normalized test | seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in data["checkpoints"].items():
         ci = lambda s: f"{s['mean']:.2f} [{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}]"
         norm = f"{r['test']['normalized']:.2f}" if "normalized" in r["test"] else "-"
         lines.append(
             f"| {name} | {ci(r['train'])} | {ci(r['test'])} | {ci(r['gap'])} | {r['train']['completion']:.1%} | "
-            f"{r['test']['completion']:.1%} | {norm} | {r['seconds']:.0f} |"
+            f"{r['test']['completion']:.1%} | {r['test']['timeout']:.1%} | {norm} | {r['seconds']:.0f} |"
         )
     if data["across_checkpoints"]:
         s = data["across_checkpoints"]
         lines.append(
             f"| mean +- std over {len(s['train']['values'])} checkpoints | {s['train']['mean']:.2f} +- "
             f"{s['train']['std']:.2f} | {s['test']['mean']:.2f} +- {s['test']['std']:.2f} | {s['gap']['mean']:.2f} +- "
-            f"{s['gap']['std']:.2f} | | | | |"
+            f"{s['gap']['std']:.2f} | | | | | |"
         )
     lines.append("\nHardest training levels (lowest mean return first):\n")
     for name, r in data["checkpoints"].items():
@@ -425,6 +440,11 @@ def markdown(data, opts):
         lines.append("\nFeature shift: held-out accuracy of a linear probe telling train-level from test-level penultimate")
         lines.append("features (0.5 = indistinguishable):\n")
         lines += [f"- {n}: {acc:.3f}" for n, acc in probes.items()]
+    mixes = {n: r["action_mix"] for n, r in data["checkpoints"].items() if "action_mix" in r}
+    if mixes:
+        lines.append("\nAction mix: mean probability over the same frames, reached after 30 greedy steps (uniform policy:")
+        lines.append("left 0.20, right 0.20, jump 0.20):\n")
+        lines += [f"- {n}: " + ", ".join(f"{k} {v:.2f}" for k, v in m.items()) for n, m in mixes.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -55,12 +55,15 @@ def test_report_has_the_fields(report):
     for r in data["checkpoints"].values():
         assert r["train"]["episodes"] == 6 and r["test"]["episodes"] == 5
         for split in ["train", "test"]:
-            assert {"mean", "std", "ci95", "completion", "episodes", "mean_length", "normalized"} <= set(r[split])
+            assert {"mean", "std", "ci95", "completion", "timeout", "episodes", "mean_length", "normalized"} <= set(r[split])
+            assert r[split]["completion"] + r[split]["timeout"] <= 1
             assert r[split]["ci95"][0] <= r[split]["mean"] <= r[split]["ci95"][1]
         assert r["gap"]["mean"] == pytest.approx(r["train"]["mean"] - r["test"]["mean"])
     md = open(out / "report.md").read()
     assert "| random |" in md and "Hardest training levels" in md and md in proc.stdout
     assert 0 <= data["checkpoints"][names[0]]["feature_shift_probe_accuracy"] <= 1
+    mix = data["checkpoints"][names[0]]["action_mix"]
+    assert set(mix) == {"left", "right", "jump"} and all(0 <= p <= 1 for p in mix.values()) and "Action mix" in md
 
 
 def test_videos_are_written_with_how_each_episode_ended(report):
@@ -122,6 +125,20 @@ def test_feature_shift_probe_separates_only_what_differs():
     assert 0.3 < eg.feature_shift(agent, same, torch.device("cpu")) < 0.7
 
 
+def test_action_mix_groups_procgen_actions():
+    class Fixed(torch.nn.Module):  # always the same logits: all mass on LEFT+UP (2) and RIGHT (7)
+        def forward(self, x):
+            logits = torch.full((len(x), 15), -1e9)
+            logits[:, [2, 7]] = 0.0
+            return logits, torch.zeros(len(x))
+
+    frames = np.zeros((2, 3, 64, 64, 3), dtype=np.uint8)
+    mix = eg.action_mix(Fixed(), frames, torch.device("cpu"))
+    assert mix == pytest.approx({"left": 0.5, "right": 0.5, "jump": 0.5})
+    uniform = eg.action_mix(eg.RandomAgent(), frames, torch.device("cpu"))
+    assert uniform == pytest.approx({"left": 0.2, "right": 0.2, "jump": 0.2})
+
+
 def test_per_level_csv_covers_each_level(report):
     out, _, _ = report
     rows = list(csv.DictReader(open(out / "levels_random.csv")))
@@ -143,6 +160,9 @@ def test_ci_matches_a_reference_computation():
     se = np.sqrt(np.sum((returns - returns.mean()) ** 2) / 399) / np.sqrt(400)
     assert s["ci95"] == pytest.approx([returns.mean() - 1.96 * se, returns.mean() + 1.96 * se])
     assert s["normalized"] == pytest.approx((returns.mean() - 5) / 5) and s["completion"] == pytest.approx(0.7, abs=0.05)
+    lengths = np.where(returns > 0, 100, np.arange(400) % 2 * 1000)  # half of the failures run to the timeout
+    timeout = eg.summarize(returns, returns > 0, lengths, "coinrun")["timeout"]
+    assert timeout == pytest.approx((returns == 0).mean() / 2, abs=0.01)
 
 
 @pytest.mark.parametrize(
