@@ -24,6 +24,19 @@ from vs_reference import WINDOW, reference, training_episodes, window_mean  # no
 
 VARIANTS = ["ppo_procgen", "ppo_procgen_aug", "ppo_procgen_nobn"]
 TARGETS = {"train": 8.0, "test": 6.5, "gap": 2.0, "gap_reduction": 0.5}  # the brief's done-when gates
+# The brief's "learning stability: no catastrophic forgetting", measured on the training-episode curve: the 16 runs in
+# benchmark/results that kept learning fell at most 0.47 below their best 65,536-step window; the collapsed one 1.94.
+MAX_DROP = 1.0
+
+
+def largest_drop(episodes, horizon):
+    """Largest fall of the training-episode mean, over consecutive WINDOW-step windows up to `horizon`, below the best
+    window before it: ~0 while a run keeps learning; nan without TensorBoard events."""
+    if episodes is None:
+        return float("nan")
+    means = np.array([window_mean(episodes, step) for step in range(WINDOW, horizon + 1, WINDOW)])
+    means = means[~np.isnan(means)]
+    return float((np.maximum.accumulate(means) - means).max()) if len(means) else float("nan")
 
 
 def t_quantile(p, df):
@@ -79,7 +92,7 @@ def load_runs(out_dir, max_step=None):
     return runs, episodes_of
 
 
-def aggregate(runs, last):
+def aggregate(runs, last, episodes_of=None):
     table = {}
     for variant, seeds in runs.items():
         cells = {k: [] for k in ["train", "test", "gap", "train_completion", "test_completion", "train_episodes"]}
@@ -97,6 +110,8 @@ def aggregate(runs, last):
         row["seeds"] = sorted(seeds)
         row["steps"] = [horizon] * len(seeds)
         row["beyond"] = {s: rows[-1]["global_step"] for s, rows in sorted(seeds.items()) if rows[-1]["global_step"] > horizon}
+        drops = [largest_drop((episodes_of or {}).get(variant, {}).get(seed), horizon) for seed in sorted(seeds)]
+        row["largest_drop"] = None if np.isnan(drops).any() else drops  # per seed
         row["normalized_test"] = (row["test"]["mean"] - 5.0) / 5.0  # CoinRun easy [5, 10]
         row["sample_efficiency"] = first_step_reaching(seeds)
         row["every_seed_meets_targets"] = all(
@@ -146,6 +161,10 @@ def checklist(table, comp):
         ("gap reduction from augmentation >= 0.5", comp is not None and comp["gap_reduction"] >= TARGETS["gap_reduction"]),
         ("augmentation does not hurt training", comp is not None and comp["train_change"] >= 0),
         ("consistent across seeds (every seed meets train/test/gap)", main["every_seed_meets_targets"]),
+        (
+            f"learning stable (no seed's training-episode mean falls > {MAX_DROP} below its best earlier window)",
+            main["largest_drop"] is not None and max(main["largest_drop"]) <= MAX_DROP,
+        ),
     ]
     return [{"check": c, "pass": bool(p)} for c, p in items]
 
@@ -196,6 +215,12 @@ def markdown(table, comp, checks, random_row, last):
             f"{v}: {r['sample_efficiency'] if r['sample_efficiency'] is not None else 'not reached'}" for v, r in table.items()
         )
     )
+    drops = [f"{v}: {', '.join(f'{d:.2f}' for d in r['largest_drop'])}" for v, r in table.items() if r["largest_drop"]]
+    if drops:
+        lines.append(
+            f"\nLearning stability (per seed, the largest fall of the training-episode mean over consecutive {WINDOW}-step "
+            f"windows below its best earlier window; > {MAX_DROP}: a collapse): " + "; ".join(drops)
+        )
     lines.append("\nThe brief's checklist (computed from the data):\n")
     lines += [f"- [{'x' if c['pass'] else ' '}] {c['check']}" for c in checks]
     return "\n".join(lines) + "\n"
@@ -265,7 +290,7 @@ def main(argv=None):
     if args.last <= 0 or (args.max_step is not None and args.max_step < 0):
         p.error("--last must be positive and --max-step >= 0")
     runs, episodes_of = load_runs(args.out_dir, args.max_step)
-    table = aggregate(runs, args.last)
+    table = aggregate(runs, args.last, episodes_of)
     comp = comparison(table)
     checks = checklist(table, comp)
     random_path = os.path.join(args.out_dir, "random", "report.json")

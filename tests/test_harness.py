@@ -152,6 +152,26 @@ def test_aggregate_reads_the_training_episodes_from_tensorboard(tmp_path):
     assert list(episodes["with_events"][1][0]) == [10000, 40000] and episodes["without"][1] is None
 
 
+def test_aggregate_flags_a_collapse_of_the_training_episodes(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    curves = {1: [4.0, 6.0, 5.5, 7.0], 2: [4.0, 6.0, 0.0, 0.0]}  # mean return per 65536-step window; seed 2 collapses
+    for seed, means in curves.items():
+        write_run(tmp_path, "ppo_procgen_aug", seed, [row(0, 3, 3), row(4 * 65536, 5, 4)])
+        writer = SummaryWriter(tmp_path / "runs" / f"coinrun__ppo_procgen_aug__{seed}__1")
+        for i, mean in enumerate(means):
+            for offset, ret in [(1000, mean - 1), (2000, mean + 1)]:
+                writer.add_scalar("charts/episodic_return", ret, i * 65536 + offset)
+        writer.close()
+    aggregate.main([str(tmp_path), "--last", "1"])
+    t = json.load(open(tmp_path / "gap_table.json"))
+    assert t["variants"]["ppo_procgen_aug"]["largest_drop"] == pytest.approx([0.5, 6.0])
+    checks = {c["check"].split(" (")[0]: c["pass"] for c in t["checklist"]}
+    assert checks["learning stable"] is False
+    assert "ppo_procgen_aug: 0.50, 6.00" in open(tmp_path / "gap_table.md").read()
+    assert aggregate.largest_drop(None, 65536) != aggregate.largest_drop(None, 65536)  # nan without events
+
+
 def test_t_quantile_matches_tables():
     for df, q in [(1, 12.7062), (2, 4.3027), (5, 2.5706), (30, 2.0423)]:
         assert aggregate.t_quantile(0.975, df) == pytest.approx(q, abs=1e-3)
