@@ -58,8 +58,7 @@ def load_agent(path, device):
     except ImportError:
         fail(f"{path} needs {ckpt['variant']}.py, which is not here")
     a = ckpt["args"]
-    channels = tuple(a["channels"]) if a["channels"] is not None else None
-    agent = module.Agent(15, a["arch"], channels, a["pool"])
+    agent = module.Agent(15, a["arch"], tuple(a["channels"]), a["pool"])
     try:
         agent.load_state_dict(ckpt["model"])
     except RuntimeError as e:

@@ -60,14 +60,12 @@ class Args:
     """Procgen's difficulty mode"""
 
     # Network
-    arch: Literal["impala", "espeholt", "nature"] = "espeholt"
-    """espeholt: CleanRL's / train-procgen's IMPALA-CNN; impala: the brief's IMPALA-small (learns slower: README);
-    nature: Nature-DQN CNN"""
-    pool: Optional[Literal["gap", "flatten"]] = None
-    """IMPALA archs only: global average pooling or flatten before the 256-unit layer (default: flatten;
-    the brief's is `--arch impala --pool gap`)"""
-    channels: Optional[tuple[int, ...]] = None
-    """IMPALA archs only: channels of each stage (default: 16 32 32)"""
+    arch: Literal["impala", "espeholt"] = "espeholt"
+    """espeholt: CleanRL's / train-procgen's IMPALA-CNN; impala: the brief's IMPALA-small (learns slower: README)"""
+    pool: Literal["gap", "flatten"] = "flatten"
+    """global average pooling or flatten before the 256-unit layer (the brief's is `--arch impala --pool gap`)"""
+    channels: tuple[int, ...] = (16, 32, 32)
+    """channels of each stage"""
     bn_act: Literal["running", "batch"] = "running"
     """BN statistics when acting: running (eval mode, statistics re-estimated after each update; see README) or batch"""
     bn_update: Literal["batch", "running"] = "batch"
@@ -170,11 +168,9 @@ def check_args(args):
         fail("--num-levels, --start-level and --threads must be >= 0")
     if not (args.learning_rate > 0 and 0 < args.gamma <= 1 and 0 <= args.gae_lambda <= 1 and args.clip_coef > 0):
         fail("need --learning-rate > 0, 0 < --gamma <= 1, 0 <= --gae-lambda <= 1, --clip-coef > 0")
-    if args.arch == "nature" and (args.pool is not None or args.channels is not None):
-        fail("--pool and --channels apply to the IMPALA archs only, not --arch nature")
     if args.bn_update == "running" and args.bn_act == "batch":
         fail("--bn-update running updates with the statistics the rollout acted with: it needs --bn-act running")
-    if args.channels is not None and (len(args.channels) == 0 or min(args.channels) <= 0):
+    if len(args.channels) == 0 or min(args.channels) <= 0:
         fail(f"--channels must be positive integers, got {args.channels}")
     if args.shift_pad < 0 or args.cutout < 0 or args.color_jitter < 0 or args.noise_std < 0 or not 0 <= args.aug_prob <= 1:
         fail("need --shift-pad, --cutout, --color-jitter, --noise-std >= 0 and 0 <= --aug-prob <= 1")
@@ -298,13 +294,8 @@ def espeholt_stage(in_channels, out_channels):
 
 
 def make_network(arch, channels, pool, obs_shape=(64, 64, 3)):
-    """The torso: uint8-derived float NCHW images -> features of size `hidden`. Returns (module, hidden)."""
+    """The torso: float NCHW images in [0, 1] -> 256 features."""
     h, w, c = obs_shape
-    if arch == "nature":
-        layers = [conv(c, 32, 8, 4), norm(32), nn.ReLU(), conv(32, 64, 4, 2), norm(64), nn.ReLU()]
-        layers += [conv(64, 64, 3), norm(64), nn.ReLU(), nn.Flatten()]
-        out = nn.Sequential(*layers)(torch.zeros(1, c, h, w)).shape[1]
-        return nn.Sequential(*layers, layer_init(nn.Linear(out, 512)), nn.ReLU()), 512
     layers, in_channels = [], c
     for out_channels in channels:
         layers.append(
@@ -319,15 +310,15 @@ def make_network(arch, channels, pool, obs_shape=(64, 64, 3)):
     else:
         layers.append(nn.Flatten())
         out = in_channels * h * w
-    return nn.Sequential(*layers, layer_init(nn.Linear(out, 256)), nn.ReLU()), 256
+    return nn.Sequential(*layers, layer_init(nn.Linear(out, 256)), nn.ReLU())
 
 
 class Agent(nn.Module):
     def __init__(self, num_actions, arch="espeholt", channels=(16, 32, 32), pool="flatten", channels_last=False, amp="none"):
         super().__init__()
-        self.network, hidden = make_network(arch, channels, pool)
-        self.actor = layer_init(nn.Linear(hidden, num_actions), std=0.01)
-        self.critic = layer_init(nn.Linear(hidden, 1), std=1)
+        self.network = make_network(arch, channels, pool)
+        self.actor = layer_init(nn.Linear(256, num_actions), std=0.01)
+        self.critic = layer_init(nn.Linear(256, 1), std=1)
         self.channels_last = channels_last  # speed options: not part of the weights
         self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
@@ -559,7 +550,7 @@ def resume_args(args, path):
         if f.name not in RESUMABLE and given != old:
             fail(f"--{f.name.replace('_', '-')} {given} differs from the checkpoint's {old}; a resumed run keeps its setup")
         saved[f.name] = given
-    saved.update(resume=path, channels=tuple(saved["channels"]) if saved["channels"] is not None else None)
+    saved.update(resume=path, channels=tuple(saved["channels"]))
     return Args(**saved), ckpt
 
 
@@ -571,8 +562,6 @@ if __name__ == "__main__":
         args, ckpt = resume_args(args, path)
         run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
     else:
-        args.pool = args.pool or ("flatten" if args.arch != "nature" else None)
-        args.channels = args.channels or ((16, 32, 32) if args.arch != "nature" else None)
         run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
         run_dir = os.path.join(args.runs_dir, run_name)
     check_args(args)

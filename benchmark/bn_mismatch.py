@@ -55,7 +55,7 @@ def main():
     if not os.path.isfile(path):
         base.fail(f"no checkpoint at {cli.checkpoint}")
     ckpt = base.load_checkpoint(path)
-    args = base.Args(**{**ckpt["args"], "channels": tuple(ckpt["args"]["channels"] or ()) or None})
+    args = base.Args(**{**ckpt["args"], "channels": tuple(ckpt["args"]["channels"])})
     torch.manual_seed(0)
     envs = base.make_env(args.env_id, args.num_envs, args.num_levels, args.start_level, args.distribution_mode, 0)
     envs.env.callmethod("set_state", [bytes(s.numpy()) for s in ckpt["env"]["states"]])

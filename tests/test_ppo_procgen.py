@@ -129,7 +129,7 @@ def test_resume_refuses_another_setup(tiny_run):
         (["--total-timesteps", "-5"], "must be positive"),
         (["--env-id", "nosuchgame"], "unknown --env-id"),
         (["--device", "cuda"], "not available"),
-        (["--arch", "nature", "--pool", "gap"], "IMPALA archs only"),
+        (["--arch", "nature"], "invalid choice"),
         (["--channels", "16", "0", "32"], "positive"),
         (["--bn-act", "batch", "--bn-update", "running"], "needs --bn-act running"),
         (["--env-id", "coinrun", "--distribution-mode", "exploration"], "cannot make coinrun"),
@@ -253,7 +253,7 @@ def test_train_and_test_levels_are_separate():
 @pytest.mark.parametrize(
     "arch, pool, channels",
     [("impala", "gap", (16, 32, 32)), ("impala", "flatten", (16, 32, 32)), ("espeholt", "flatten", (16, 32, 32)),
-     ("espeholt", "gap", (8, 16)), ("nature", None, None)],
+     ("espeholt", "gap", (8, 16))],
 )  # fmt: skip
 def test_each_arch_builds_and_runs(arch, pool, channels):
     agent = base.Agent(15, arch, channels, pool)
@@ -264,9 +264,12 @@ def test_each_arch_builds_and_runs(arch, pool, channels):
     )  # BN after every conv
 
 
-def test_resume_works_for_an_arch_without_channels(tmp_path):
-    args = [*TINY, "--arch", "nature", "--total-timesteps", "128", "--eval-frequency", "128", "--checkpoint-frequency", "128"]
+def test_resume_keeps_a_non_default_network(tmp_path):
+    net = ["--arch", "impala", "--pool", "gap", "--channels", "8", "16"]
+    args = [*TINY, *net, "--total-timesteps", "128", "--eval-frequency", "128", "--checkpoint-frequency", "128"]
     run_script("ppo_procgen.py", *args, "--runs-dir", tmp_path)
     run_dir = run_dirs(tmp_path)[0]
-    proc = run_script("ppo_procgen.py", "--resume", run_dir, "--total-timesteps", "256")
+    proc = run_script("ppo_procgen.py", "--resume", run_dir, "--total-timesteps", "256")  # the network is not re-stated
     assert "resuming" in proc.stdout and [r["global_step"] for r in read_eval(run_dir)] == [0, 128, 256]
+    ckpt = torch.load(base.latest_checkpoint(run_dir), weights_only=True)
+    assert (ckpt["args"]["arch"], ckpt["args"]["pool"], ckpt["args"]["channels"]) == ("impala", "gap", [8, 16])
