@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_script
+from conftest import ROOT, TINY, run_dirs, run_script
 
 import eval_generalization as eg
 
@@ -216,3 +216,16 @@ def test_checkpoint_that_does_not_fit_its_architecture_is_refused(tiny_run, tmp_
     proc = run_script("eval_generalization.py", tmp_path / "x.pt", *SMALL, check=False)
     assert proc.returncode != 0 and "does not fit ppo_procgen.py's impala network" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_random_baseline_plays_the_runs_own_training_levels(tmp_path):
+    # With few training levels the gap must be read against a baseline on the same levels (README, "Results").
+    run_script("ppo_procgen.py", *TINY, "--num-levels", "2", "--start-level", "5", "--total-timesteps", "128",
+               "--eval-frequency", "128", "--runs-dir", tmp_path / "runs")  # fmt: skip
+    run_dir = run_dirs(tmp_path / "runs")[0]
+    out = tmp_path / "report"
+    run_script("eval_generalization.py", run_dir, "--random", "--episodes-per-level", "2", "--test-episodes", "2",
+               "--feature-frames", "0", "--out", out)  # fmt: skip
+    for name in ["levels_random.csv", next(f for f in os.listdir(out) if f.startswith("levels_coinrun"))]:
+        rows = list(csv.DictReader(open(out / name)))
+        assert [int(r["level"]) for r in rows] == [5, 6] and all(int(r["episodes"]) == 2 for r in rows)
