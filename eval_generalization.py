@@ -377,6 +377,8 @@ def main(argv=None):
             report["feature_shift_probe_accuracy"] = feature_shift(agent, frames, device)
             report["action_mix"] = action_mix(agent, frames, device)
         report.update(checkpoint=ckpt_path, env_id=a["env_id"], seconds=time.time() - t0, greedy=opts.greedy)
+        if name != "random":
+            report.update(variant=module.__name__, config=configuration(module, a))
         results[name] = report
         csv_path = os.path.join(out, f"levels_{name.replace('@', '_step')}.csv")
         with open(csv_path + ".tmp", "w") as f:
@@ -385,14 +387,35 @@ def main(argv=None):
             )
         os.replace(csv_path + ".tmp", csv_path)
         report["hardest_levels"] = [k for k, _, r, _ in sorted(per_level, key=lambda x: (x[2], x[0]))[:10]]
-    agents = [r for n, r in results.items() if n != "random"]
-    summary = {}
-    if len(agents) > 1:
-        for split in ["train", "test", "gap"]:
-            vals = [r[split]["mean"] for r in agents]
-            summary[split] = {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)), "values": vals}
-    write(out, {"checkpoints": results, "across_checkpoints": summary}, opts)
+    write(out, {"checkpoints": results, "across_checkpoints": across_checkpoints(results)}, opts)
     print(open(os.path.join(out, "report.md")).read())
+
+
+def configuration(module, a):
+    """A checkpoint's training configuration: its args but for the seed and what a run may change (names, folders,
+    length, speed options). Checkpoints with equal configurations are seeds of one experiment."""
+    skip = {"seed", "exp_name", "runs_dir", "resume"} | module.RESUMABLE
+    return json.dumps({k: v for k, v in sorted(a.items()) if k not in skip})
+
+
+def across_checkpoints(results):
+    """Mean +- std of train, test and gap over the checkpoints of each (variant, configuration) that has several:
+    {label: {"checkpoints": names, "train"|"test"|"gap": {"mean", "std", "values"}}}. Different configurations are
+    never averaged together."""
+    groups = {}
+    for name, r in results.items():
+        if "config" in r:
+            groups.setdefault((r["variant"], r["config"]), []).append(name)
+    summary = {}
+    for i, ((variant, _), names) in enumerate(groups.items()):
+        if len(names) < 2:
+            continue
+        label = variant if sum(v == variant for v, _ in groups) == 1 else f"{variant} (configuration {i + 1})"
+        summary[label] = {"checkpoints": names}
+        for split in ["train", "test", "gap"]:
+            vals = [results[n][split]["mean"] for n in names]
+            summary[label][split] = {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)), "values": vals}
+    return summary
 
 
 def write(out, data, opts):
@@ -418,10 +441,9 @@ def markdown(data, opts):
             f"| {name} | {ci(r['train'])} | {ci(r['test'])} | {ci(r['gap'])} | {r['train']['completion']:.1%} | "
             f"{r['test']['completion']:.1%} | {r['test']['timeout']:.1%} | {norm} | {r['seconds']:.0f} |"
         )
-    if data["across_checkpoints"]:
-        s = data["across_checkpoints"]
+    for label, s in data["across_checkpoints"].items():
         lines.append(
-            f"| mean +- std over {len(s['train']['values'])} checkpoints | {s['train']['mean']:.2f} +- "
+            f"| {label}: mean +- std over its {len(s['checkpoints'])} checkpoints | {s['train']['mean']:.2f} +- "
             f"{s['train']['std']:.2f} | {s['test']['mean']:.2f} +- {s['test']['std']:.2f} | {s['gap']['mean']:.2f} +- "
             f"{s['gap']['std']:.2f} | | | | | |"
         )

@@ -13,6 +13,7 @@ import torch
 from conftest import ROOT, TINY, run_dirs, run_script
 
 import eval_generalization as eg
+import ppo_procgen as base
 
 SMALL = [
     "--num-train-levels",
@@ -229,3 +230,25 @@ def test_random_baseline_plays_the_runs_own_training_levels(tmp_path):
     for name in ["levels_random.csv", next(f for f in os.listdir(out) if f.startswith("levels_coinrun"))]:
         rows = list(csv.DictReader(open(out / name)))
         assert [int(r["level"]) for r in rows] == [5, 6] and all(int(r["episodes"]) == 2 for r in rows)
+
+
+def test_only_seeds_of_one_configuration_are_averaged():
+    def rep(variant, train, test, **changes):
+        a = {"seed": 1, "exp_name": variant, "total_timesteps": 1000, "arch": "espeholt", "num_levels": 200, **changes}
+        return {"variant": variant, "config": eg.configuration(base, a), "train": {"mean": train},
+                "test": {"mean": test}, "gap": {"mean": train - test}}  # fmt: skip
+
+    results = {
+        "s1": rep("ppo_procgen", 7.0, 6.0),
+        "s2": rep("ppo_procgen", 8.0, 7.0, seed=2, total_timesteps=2000, exp_name="other"),  # a seed of s1's
+        "aug": rep("ppo_procgen_aug", 9.0, 9.0),
+        "impala": rep("ppo_procgen", 1.0, 1.0, arch="impala"),
+        "random": {"train": {"mean": 3.0}, "test": {"mean": 3.0}, "gap": {"mean": 0.0}},
+    }
+    summary = eg.across_checkpoints(results)
+    assert list(summary) == ["ppo_procgen (configuration 1)"]
+    s = summary["ppo_procgen (configuration 1)"]
+    assert s["checkpoints"] == ["s1", "s2"] and s["train"]["mean"] == 7.5 and s["gap"]["values"] == [1.0, 1.0]
+    assert s["test"]["std"] == pytest.approx(np.std([6.0, 7.0], ddof=1))
+    del results["impala"]
+    assert list(eg.across_checkpoints(results)) == ["ppo_procgen"]
