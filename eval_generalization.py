@@ -353,7 +353,7 @@ def main(argv=None):
         a, module = entries[0][2], entries[0][1]
         frames = first_frames(module, a["env_id"], a["distribution_mode"], opts.show_levels)
         save_grid(os.path.join(out, "levels.png"), frames, ["train levels", "test levels"])
-    results = {}
+    results, per_levels = {}, {}
     for name, module, a, agent, ckpt_path in entries:
         if opts.saliency and name != "random":
             frames = policy_frames(
@@ -387,7 +387,9 @@ def main(argv=None):
             )
         os.replace(csv_path + ".tmp", csv_path)
         report["hardest_levels"] = [k for k, _, r, _ in sorted(per_level, key=lambda x: (x[2], x[0]))[:10]]
-    write(out, {"checkpoints": results, "across_checkpoints": across_checkpoints(results)}, opts)
+        per_levels[name] = per_level
+    data = {"checkpoints": results, "across_checkpoints": across_checkpoints(results)}
+    write(out, {**data, "level_agreement": level_agreement(per_levels)}, opts)
     print(open(os.path.join(out, "report.md")).read())
 
 
@@ -416,6 +418,34 @@ def across_checkpoints(results):
             vals = [results[n][split]["mean"] for n in names]
             summary[label][split] = {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)), "values": vals}
     return summary
+
+
+def level_agreement(per_levels):
+    """Do policies find the same training levels hard? For policies evaluated on the same levels ({name: [(level,
+    episodes, mean return, completion)]}): the Pearson correlation of their per-level mean returns, pair by pair (None
+    where one policy scores every level alike), and the levels that every policy but the random one always failed or
+    always finished. {} for fewer than two policies or different levels."""
+    names = list(per_levels)
+    levels = [row[0] for row in per_levels[names[0]]] if names else []
+    if len(names) < 2 or any([row[0] for row in p] != levels for p in per_levels.values()):
+        return {}
+    returns = np.array([[row[2] for row in per_levels[n]] for n in names])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = np.corrcoef(returns)
+    trained = np.array([[row[3] for row in per_levels[n]] for n in names if n != "random"]).reshape(-1, len(levels))
+    return {
+        "policies": names,
+        "levels": [int(k) for k in levels],
+        "correlation": [[float(c) if np.isfinite(c) else None for c in row] for row in corr],
+        "failed_by_all": [int(k) for k, c in zip(levels, trained.T) if len(c) and (c == 0).all()],
+        "finished_by_all": [int(k) for k, c in zip(levels, trained.T) if len(c) and (c == 1).all()],
+    }
+
+
+def short_name(name):
+    """coinrun__ppo_procgen__1__1795642360@1048576 -> ppo_procgen s1 @1048576 (other names unchanged)."""
+    parts = name.split("__")
+    return f"{parts[1]} s{parts[2]} @{name.split('@')[1]}" if len(parts) == 4 and "@" in name else name
 
 
 def write(out, data, opts):
@@ -454,6 +484,17 @@ def markdown(data, opts):
         if r.get("videos"):
             lines.append(f"\nEpisodes recorded for {name} (test levels):\n")
             lines += [f"- `{v['file']}`: {v['outcome']}, {v['length']} steps, return {v['return']:.0f}" for v in r["videos"]]
+    agree = data["level_agreement"]
+    if agree:
+        short = [short_name(n) for n in agree["policies"]]
+        lines.append("\nLevel agreement: correlation of per-level mean returns on the training levels (do the policies")
+        lines.append("find the same levels hard?):\n")
+        lines.append("| | " + " | ".join(short) + " |")
+        lines.append("|---" * (len(short) + 1) + "|")
+        for s, row in zip(short, agree["correlation"]):
+            lines.append(f"| {s} | " + " | ".join("-" if c is None else f"{c:.2f}" for c in row) + " |")
+        lines.append(f"\nLevels every trained policy always failed: {agree['failed_by_all'] or 'none'}; always finished: "
+                     f"{len(agree['finished_by_all'])} of {len(agree['levels'])}.")  # fmt: skip
     probes = {
         n: r["feature_shift_probe_accuracy"] for n, r in data["checkpoints"].items() if "feature_shift_probe_accuracy" in r
     }

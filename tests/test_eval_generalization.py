@@ -252,3 +252,26 @@ def test_only_seeds_of_one_configuration_are_averaged():
     assert s["test"]["std"] == pytest.approx(np.std([6.0, 7.0], ddof=1))
     del results["impala"]
     assert list(eg.across_checkpoints(results)) == ["ppo_procgen"]
+
+
+def test_level_agreement_correlates_per_level_returns():
+    def levels(returns, completion=None):
+        return [(k, 5, r, r / 10 if completion is None else completion[k]) for k, r in enumerate(returns)]
+
+    a, b = [10.0, 0.0, 6.0, 10.0], [8.0, 2.0, 4.0, 10.0]
+    agree = eg.level_agreement({"x": levels(a), "y": levels(b), "random": levels([2.0, 2.0, 2.0, 2.0])})
+    assert agree["policies"] == ["x", "y", "random"] and agree["levels"] == [0, 1, 2, 3]
+    assert agree["correlation"][0][1] == pytest.approx(np.corrcoef(a, b)[0, 1]) and agree["correlation"][0][0] == 1
+    assert agree["correlation"][0][2] is None  # the random row is constant: no correlation, not nan in the json
+    assert agree["failed_by_all"] == [] and agree["finished_by_all"] == [3]  # random's completions do not count
+    agree = eg.level_agreement({"x": levels(a), "z": levels([0.0, 0.0, 5.0, 10.0])})
+    assert agree["failed_by_all"] == [1] and agree["finished_by_all"] == [3]
+    assert eg.level_agreement({"x": levels(a)}) == {}
+    assert eg.level_agreement({"x": levels(a), "short": levels(b[:3])}) == {}  # different levels: not compared
+
+
+def test_report_has_the_level_agreement(report):
+    out, data, _ = report
+    agree = data["level_agreement"]
+    assert agree["policies"] == list(data["checkpoints"]) and agree["levels"] == [0, 1, 2]
+    assert len(agree["correlation"]) == 2 and "Level agreement" in open(out / "report.md").read()
