@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import random
+import resource
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -328,6 +329,14 @@ def set_speed_options(agent, args, device):
     if args.compile:
         agent.compile()
     return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+
+def memory_gib(device):
+    """(peak resident memory of this process, memory the GPU allocator holds: peak on cuda, current on mps) in GiB."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**30 if sys.platform == "darwin" else 2**20)  # B / KiB
+    if device.type == "cuda":
+        return rss, torch.cuda.max_memory_allocated(device) / 2**30
+    return rss, torch.mps.driver_allocated_memory() / 2**30 if device.type == "mps" else None
 
 
 def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda):
@@ -754,6 +763,10 @@ if __name__ == "__main__":
         writer.add_scalar("charts/SPS", sps, global_step)
         for key, seconds in [("rollout", t_rollout), ("env", t_env), ("inference", t_infer), ("update", t_update)]:
             writer.add_scalar(f"perf/{key}_time", seconds, global_step)
+        rss, gpu_memory = memory_gib(device)
+        writer.add_scalar("perf/peak_rss_gib", rss, global_step)
+        if gpu_memory is not None:
+            writer.add_scalar("perf/gpu_memory_gib", gpu_memory, global_step)
 
         t_eval = time.time()
         done_training = iteration == args.num_iterations
@@ -777,7 +790,7 @@ if __name__ == "__main__":
         print(
             f"step {global_step}/{args.num_iterations * args.batch_size} | SPS {sps} | ETA {eta / 3600:.1f}h | "
             f"rollout {t_rollout:.0f}s update {t_update:.0f}s eval+ckpt {t_eval:.0f}s | episodes {train_ep} | "
-            f"rollout_kl {rollout_kl:.2e} approx_kl {approx_kl.item():.2e} | eval {latest}",
+            f"rollout_kl {rollout_kl:.2e} approx_kl {approx_kl.item():.2e} | mem {rss:.1f}G | eval {latest}",
             flush=True,
         )
 

@@ -51,7 +51,8 @@ def measure(script, options, iterations, num_envs, num_steps, extra):
     steady = slice(1, None) if iterations > 1 else slice(None)
     t = {k: s[f"perf/{k}_time"][steady].mean() for k in ["rollout", "env", "inference", "update"]}
     sps = num_envs * num_steps / (t["rollout"] + t["update"])
-    return {"sps": sps, **t, "eval": s["perf/eval_time"].mean(), "peak_gb": usage.ru_maxrss / 2**20}
+    gpu = s["perf/gpu_memory_gib"].max() if "perf/gpu_memory_gib" in s else None  # cuda: the allocator's peak
+    return {"sps": sps, **t, "eval": s["perf/eval_time"].mean(), "peak_gb": usage.ru_maxrss / 2**20, "gpu_gb": gpu}
 
 
 def main():
@@ -68,11 +69,12 @@ def main():
     base = rows[args.sets[0]]["sps"]
     print(f"\n{args.script}, {args.num_envs} envs x {args.num_steps} steps, iterations 2..{args.iterations} "
           f"(seconds per iteration; eval: one evaluation of the run's --num-eval-episodes per split)\n")  # fmt: skip
-    print("| options | SPS | speed-up | rollout | env | inference | update | eval | peak memory (GiB) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| options | SPS | speed-up | rollout | env | inference | update | eval | peak memory (GiB) | GPU memory (GiB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         print(f"| {name} | {r['sps']:.0f} | {r['sps'] / base:.2f}x | {r['rollout']:.2f} | {r['env']:.2f} | "
-              f"{r['inference']:.2f} | {r['update']:.2f} | {r['eval']:.1f} | {r['peak_gb']:.1f} |")  # fmt: skip
+              f"{r['inference']:.2f} | {r['update']:.2f} | {r['eval']:.1f} | {r['peak_gb']:.1f} | "
+              f"{'-' if r['gpu_gb'] is None else format(r['gpu_gb'], '.1f')} |")  # fmt: skip
 
 
 if __name__ == "__main__":

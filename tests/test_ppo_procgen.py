@@ -32,7 +32,7 @@ def test_smoke_run_evaluates_and_checkpoints(tiny_run):
     assert ckpt["variant"] == "ppo_procgen" and ckpt["global_step"] == 384
     assert (ckpt["args"]["arch"], ckpt["args"]["pool"]) == ("espeholt", "flatten")  # the default network
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(run_dir))
-    assert "step 384/384" in proc.stdout and "SPS" in proc.stdout and "ETA" in proc.stdout
+    assert "step 384/384" in proc.stdout and "SPS" in proc.stdout and "ETA" in proc.stdout and "| mem " in proc.stdout
 
 
 def tensorboard_scalars(run_dir):
@@ -48,8 +48,11 @@ def test_logs_cleanrl_keys_and_the_bn_mismatch(tiny_run):
     for key in ["charts/SPS", "losses/value_loss", "losses/policy_loss", "losses/entropy",
                 "losses/approx_kl", "losses/clipfrac", "losses/explained_variance", "losses/rollout_kl",
                 "eval/train_return", "eval/test_return", "eval/gap", "eval/bn_mode_kl", "charts/levels_seen",
-                "perf/update_time"]:  # fmt: skip
+                "perf/update_time", "perf/peak_rss_gib"]:  # fmt: skip
         assert key in scalars, key
+    assert "perf/gpu_memory_gib" not in scalars  # a cpu run has no GPU memory to report
+    rss = [gib for _, gib in scalars["perf/peak_rss_gib"]]
+    assert 0.2 < rss[0] <= rss[-1] < 16, rss  # torch + procgen resident, never decreasing (a peak), not KiB or bytes
     # Acting and updating normalise alike: the ratio starts near 1, far below what one update moves the policy.
     for (_, rollout_kl), (_, approx_kl) in zip(scalars["losses/rollout_kl"], scalars["losses/approx_kl"]):
         assert abs(rollout_kl) < max(approx_kl, 1e-4)
