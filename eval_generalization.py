@@ -235,6 +235,38 @@ def feature_shift(agent, frames, device, seed=0):
         return float(((x_held @ w + b > 0).float() == y_held).float().mean())
 
 
+def shift_sensitivity(agent, frames, device, pixels=4):
+    """How much moving the image by `pixels` (up, down, left and right, edge-padded as ppo_procgen_aug.py's random shift
+    does) changes the policy and its penultimate features, on frames (..., 64, 64, 3): mean KL(pi(x) || pi(shifted x))
+    (with a 95% CI over frames) and mean cosine similarity of the features. What random-shift augmentation is meant to
+    make small."""
+    x = torch.as_tensor(frames.reshape(-1, *frames.shape[-3:])).to(device)
+    h, w = x.shape[1:3]
+
+    def features(x):
+        return agent.network(x.permute(0, 3, 1, 2).float() / 255.0).float()
+
+    kls, cosines = [], []
+    with torch.inference_mode():
+        f0 = features(x)
+        logp0 = torch.log_softmax(agent.actor(f0), -1)
+        for dy, dx in [(-pixels, 0), (pixels, 0), (0, -pixels), (0, pixels)]:
+            rows = (torch.arange(h, device=device) + dy).clamp(0, h - 1)  # clamped indices = edge padding
+            cols = (torch.arange(w, device=device) + dx).clamp(0, w - 1)
+            f = features(x[:, rows][:, :, cols])
+            logp = torch.log_softmax(agent.actor(f), -1)
+            kls.append((logp0.exp() * (logp0 - logp)).sum(-1))
+            cosines.append(torch.nn.functional.cosine_similarity(f0, f, dim=-1).mean())
+    kl = torch.stack(kls).mean(0).cpu().numpy()  # per frame, over the four directions
+    half = 1.96 * kl.std(ddof=1) / np.sqrt(len(kl)) if len(kl) > 1 else float("nan")
+    return {
+        "pixels": pixels,
+        "kl": float(kl.mean()),
+        "kl_ci95": [float(kl.mean() - half), float(kl.mean() + half)],
+        "feature_cosine": float(torch.stack(cosines).mean()),
+    }
+
+
 def record_videos(agent, env_id, mode, n, out, name, generator, greedy, device):
     """Play up to 4n test episodes keeping only each env's start state and actions (bounded memory), then replay n
     failures and n successes with Procgen's 512x512 render into GIFs. Returns what each chosen episode was."""
@@ -376,6 +408,7 @@ def main(argv=None):
             )
             report["feature_shift_probe_accuracy"] = feature_shift(agent, frames, device)
             report["action_mix"] = action_mix(agent, frames, device)
+            report["shift_sensitivity"] = shift_sensitivity(agent, frames, device)
         report.update(checkpoint=ckpt_path, env_id=a["env_id"], seconds=time.time() - t0, greedy=opts.greedy)
         if name != "random":
             report.update(variant=module.__name__, config=configuration(module, a))
@@ -507,6 +540,16 @@ def markdown(data, opts):
         lines.append("\nAction mix: mean probability over the same frames, reached after 30 greedy steps (uniform policy:")
         lines.append("left 0.20, right 0.20, jump 0.20):\n")
         lines += [f"- {n}: " + ", ".join(f"{k} {v:.2f}" for k, v in m.items()) for n, m in mixes.items()]
+    shifts = {n: r["shift_sensitivity"] for n, r in data["checkpoints"].items() if "shift_sensitivity" in r}
+    if shifts:
+        pixels = next(iter(shifts.values()))["pixels"]
+        lines.append(f"\nShift sensitivity: the same frames moved {pixels} pixels up, down, left or right (edge-padded, as")
+        lines.append("the augmentation does): mean KL(policy on the frame || policy on the moved frame) and mean cosine")
+        lines.append("similarity of the penultimate features (1 = unchanged):\n")
+        lines += [
+            f"- {n}: KL {r['kl']:.4f} [{r['kl_ci95'][0]:.4f}, {r['kl_ci95'][1]:.4f}], feature cosine {r['feature_cosine']:.3f}"
+            for n, r in shifts.items()
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -65,6 +65,9 @@ def test_report_has_the_fields(report):
     assert 0 <= data["checkpoints"][names[0]]["feature_shift_probe_accuracy"] <= 1
     mix = data["checkpoints"][names[0]]["action_mix"]
     assert set(mix) == {"left", "right", "jump"} and all(0 <= p <= 1 for p in mix.values()) and "Action mix" in md
+    shift = data["checkpoints"][names[0]]["shift_sensitivity"]
+    assert shift["pixels"] == 4 and shift["kl"] >= 0 and -1 <= shift["feature_cosine"] <= 1 and "Shift sensitivity" in md
+    assert "shift_sensitivity" not in data["checkpoints"]["random"]
 
 
 def test_videos_are_written_with_how_each_episode_ended(report):
@@ -124,6 +127,22 @@ def test_feature_shift_probe_separates_only_what_differs():
     shifted[1] = shifted[1] // 2  # test frames darker
     assert eg.feature_shift(agent, shifted, torch.device("cpu")) > 0.9
     assert 0.3 < eg.feature_shift(agent, same, torch.device("cpu")) < 0.7
+
+
+def test_shift_sensitivity_moves_the_image_with_edge_padding():
+    import ppo_procgen
+
+    torch.manual_seed(0)
+    agent = ppo_procgen.Agent(15).eval()
+    flat = np.full((2, 4, 64, 64, 3), 90, dtype=np.uint8)  # one colour: edge padding leaves it unchanged, zeros would not
+    flat[1] = 200
+    same = eg.shift_sensitivity(agent, flat, torch.device("cpu"))
+    assert same["kl"] == pytest.approx(0, abs=1e-7) and same["feature_cosine"] == pytest.approx(1, abs=1e-6)
+    frames = np.zeros((1, 4, 64, 64, 3), dtype=np.uint8)
+    frames[:, :, 20:40, 28:36] = 255  # a bar: moving it moves the features
+    moved = eg.shift_sensitivity(agent, frames, torch.device("cpu"))
+    assert moved["kl"] > 1e-7 and moved["feature_cosine"] < 0.9999
+    assert moved["kl_ci95"][0] <= moved["kl"] <= moved["kl_ci95"][1]
 
 
 def test_action_mix_groups_procgen_actions():
