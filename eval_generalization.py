@@ -22,6 +22,9 @@ import time
 import numpy as np
 import torch
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmark"))
+from aggregate import difference, seed_stats  # noqa: E402
+
 VARIANTS = ("ppo_procgen", "ppo_procgen_aug", "ppo_procgen_nobn")
 # Procgen's normalisation constants (R_min, R_max), easy mode, from openai/train-procgen; others are not reported.
 NORMALIZATION = {"coinrun": (5.0, 10.0)}
@@ -434,9 +437,11 @@ def configuration(module, a):
 
 
 def across_checkpoints(results):
-    """Mean +- std of train, test and gap over the checkpoints of each (variant, configuration) that has several:
-    {label: {"checkpoints": names, "train"|"test"|"gap": {"mean", "std", "values"}}}. Different configurations are
-    never averaged together."""
+    """Mean +- std (and a 95% Student-t CI) of train, test and gap over the checkpoints of each (variant,
+    configuration) that has several, and each group's difference from the base's (`vs_base`, a 95% CI from Welch's
+    standard error) when the base has one such group: {label: {"checkpoints": names, "train"|"test"|"gap":
+    aggregate.seed_stats, "vs_base": {split: {"difference", "ci95"}}}}. Different configurations are never averaged
+    together."""
     groups = {}
     for name, r in results.items():
         if "config" in r:
@@ -448,8 +453,11 @@ def across_checkpoints(results):
         label = variant if sum(v == variant for v, _ in groups) == 1 else f"{variant} (configuration {i + 1})"
         summary[label] = {"checkpoints": names}
         for split in ["train", "test", "gap"]:
-            vals = [results[n][split]["mean"] for n in names]
-            summary[label][split] = {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)), "values": vals}
+            summary[label][split] = seed_stats([results[n][split]["mean"] for n in names])
+    base = summary.get("ppo_procgen")
+    for label, s in summary.items():
+        if base is not None and label != "ppo_procgen":
+            s["vs_base"] = {split: difference(s[split], base[split]) for split in ["train", "test", "gap"]}
     return summary
 
 
@@ -510,6 +518,15 @@ def markdown(data, opts):
             f"{s['train']['std']:.2f} | {s['test']['mean']:.2f} +- {s['test']['std']:.2f} | {s['gap']['mean']:.2f} +- "
             f"{s['gap']['std']:.2f} | | | | | |"
         )
+    versus = {label: s["vs_base"] for label, s in data["across_checkpoints"].items() if "vs_base" in s}
+    if versus:
+        lines.append("\nDifference from ppo_procgen (mean over checkpoints minus the base's; 95% CI from Welch's standard")
+        lines.append("error with the smaller group's degrees of freedom):\n")
+        lines.append("| variant | train | test | gap |\n|---|---|---|---|")
+        for label, d in versus.items():
+            cells = [f"{d[k]['difference']:+.2f}" + (f" [{d[k]['ci95'][0]:+.2f}, {d[k]['ci95'][1]:+.2f}]" if d[k]["ci95"]
+                     else "") for k in ["train", "test", "gap"]]  # fmt: skip
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("\nHardest training levels (lowest mean return first):\n")
     for name, r in data["checkpoints"].items():
         lines.append(f"- {name}: {', '.join(map(str, r['hardest_levels']))}")

@@ -136,21 +136,35 @@ def first_step_reaching(seeds):
     return None
 
 
+def difference(a, b):
+    """a - b of two seed_stats means with a 95% CI: Welch's standard error and the smaller group's degrees of freedom
+    (conservative with few seeds). The CI is None when either side has a single seed."""
+    d = a["mean"] - b["mean"]
+    if a["n"] < 2 or b["n"] < 2:
+        return {"difference": d, "ci95": None}
+    se = math.hypot(a["std"] / math.sqrt(a["n"]), b["std"] / math.sqrt(b["n"]))
+    half = t_quantile(0.975, min(a["n"], b["n"]) - 1) * se
+    return {"difference": d, "ci95": [d - half, d + half]}
+
+
 def comparison(table):
     if "ppo_procgen" not in table or "ppo_procgen_aug" not in table:
         return None
     base, aug = table["ppo_procgen"], table["ppo_procgen_aug"]
-    reduction = base["gap"]["mean"] - aug["gap"]["mean"]
-    out = {
-        "gap_reduction": reduction,
-        "gap_reduction_ci95": None,
+    reduction = difference(base["gap"], aug["gap"])
+    return {
+        "gap_reduction": reduction["difference"],
+        "gap_reduction_ci95": reduction["ci95"],
         "train_change": aug["train"]["mean"] - base["train"]["mean"],
     }
-    if base["gap"]["n"] > 1 and aug["gap"]["n"] > 1:  # Welch-style, with the smaller df (conservative)
-        se = math.hypot(base["gap"]["std"] / math.sqrt(base["gap"]["n"]), aug["gap"]["std"] / math.sqrt(aug["gap"]["n"]))
-        half = t_quantile(0.975, min(base["gap"]["n"], aug["gap"]["n"]) - 1) * se
-        out["gap_reduction_ci95"] = [reduction - half, reduction + half]
-    return out
+
+
+def batchnorm_effect(table):
+    """What removing BatchNorm changes (no-BN - base), for the brief's with/without-BN ablation."""
+    if "ppo_procgen" not in table or "ppo_procgen_nobn" not in table:
+        return None
+    base, nobn = table["ppo_procgen"], table["ppo_procgen_nobn"]
+    return {k: difference(nobn[k], base[k]) for k in ["train", "test", "gap"]}
 
 
 def checklist(table, comp):
@@ -177,7 +191,11 @@ def fmt(s, pct=False):
     return f"{f(s['mean'])} +- {f(s['std'])} [{f(s['ci95'][0])}, {f(s['ci95'][1])}]"
 
 
-def markdown(table, comp, checks, random_row, last):
+def ci_text(ci):
+    return f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+
+
+def markdown(table, comp, bn, checks, random_row, last):
     lines = [
         f"# Gap table\n\nCell: mean of a run's last {last} evaluations; across seeds mean +- std [95% Student-t CI]. "
         f"Training episodes: mean return of the training episodes that ended in the {WINDOW} steps before each of those "
@@ -204,11 +222,16 @@ def markdown(table, comp, checks, random_row, last):
         lines.append(f"\nSeeds of one row are compared at the last step all of them reached; evaluations beyond it: "
                      f"{', '.join(beyond)} (their curves go on in curves.png).")  # fmt: skip
     if comp:
-        ci = comp["gap_reduction_ci95"]
-        ci_text = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
         lines.append(
-            f"\nGap reduction from augmentation (no-aug gap - aug gap): {comp['gap_reduction']:.2f}{ci_text}; "
+            f"\nGap reduction from augmentation (no-aug gap - aug gap): {comp['gap_reduction']:.2f}"
+            f"{ci_text(comp['gap_reduction_ci95'])}; "
             f"train change with augmentation: {comp['train_change']:+.2f}."
+        )
+    if bn:
+        lines.append(
+            "\nWithout BatchNorm (no-BN - base, 95% CI): "
+            + ", ".join(f"{k} {d['difference']:+.2f}{ci_text(d['ci95'])}" for k, d in bn.items())
+            + "."
         )
     lines.append(
         "\nSample efficiency (first step with seed-mean train >= 8.0 and test >= 6.5): "
@@ -292,16 +315,23 @@ def main(argv=None):
         p.error("--last must be positive and --max-step >= 0")
     runs, episodes_of = load_runs(args.out_dir, args.max_step)
     table = aggregate(runs, args.last, episodes_of)
-    comp = comparison(table)
+    comp, bn = comparison(table), batchnorm_effect(table)
     checks = checklist(table, comp)
     random_path = os.path.join(args.out_dir, "random", "report.json")
     random_row = None
     if os.path.isfile(random_path):
         random_row = json.load(open(random_path))["checkpoints"].get("random")
-    data = {"last": args.last, "variants": table, "augmentation": comp, "checklist": checks, "random": random_row}
+    data = {
+        "last": args.last,
+        "variants": table,
+        "augmentation": comp,
+        "batchnorm": bn,
+        "checklist": checks,
+        "random": random_row,
+    }
     for name, text in [
         ("gap_table.json", json.dumps(data, indent=2)),
-        ("gap_table.md", markdown(table, comp, checks, random_row, args.last)),
+        ("gap_table.md", markdown(table, comp, bn, checks, random_row, args.last)),
     ]:
         with open(os.path.join(args.out_dir, name + ".tmp"), "w") as f:
             f.write(text)

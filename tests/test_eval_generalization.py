@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -271,6 +272,33 @@ def test_only_seeds_of_one_configuration_are_averaged():
     assert s["test"]["std"] == pytest.approx(np.std([6.0, 7.0], ddof=1))
     del results["impala"]
     assert list(eg.across_checkpoints(results)) == ["ppo_procgen"]
+
+
+def test_variants_are_compared_with_the_base_by_a_welch_ci():
+    def rep(variant, seed, train, test):
+        a = {"seed": seed, "exp_name": variant, "total_timesteps": 1000}
+        return {"variant": variant, "config": eg.configuration(base, a), "train": {"mean": train},
+                "test": {"mean": test}, "gap": {"mean": train - test}}  # fmt: skip
+
+    results = {
+        "b1": rep("ppo_procgen", 1, 8.0, 7.0),
+        "b2": rep("ppo_procgen", 2, 8.0, 8.0),
+        "b3": rep("ppo_procgen", 3, 8.0, 6.0),
+        "n1": rep("ppo_procgen_nobn", 1, 8.0, 6.0),
+        "n2": rep("ppo_procgen_nobn", 2, 9.0, 6.0),
+    }
+    summary = eg.across_checkpoints(results)
+    assert "vs_base" not in summary["ppo_procgen"]
+    d = summary["ppo_procgen_nobn"]["vs_base"]
+    # base test 7, 8, 6 (std 1, n 3); no-BN 6, 6 (std 0, n 2): se = 1 / sqrt(3), t(0.975, 1) = 12.706
+    assert d["test"]["difference"] == pytest.approx(-1.0)
+    assert d["test"]["ci95"] == pytest.approx([-1 - 12.7062 / 3**0.5, -1 + 12.7062 / 3**0.5], abs=1e-3)
+    assert d["train"]["difference"] == pytest.approx(0.5) and d["gap"]["difference"] == pytest.approx(1.5)
+    opts = SimpleNamespace(greedy=False, episodes_per_level=5, test_episodes=1000)
+    text = eg.markdown({"checkpoints": {}, "across_checkpoints": summary, "level_agreement": {}}, opts)
+    assert "| ppo_procgen_nobn | +0.50 [" in text and "| -1.00 [-8.34, +6.34] | +1.50 [" in text
+    del results["n2"]  # one no-BN checkpoint: no group to compare
+    assert "ppo_procgen_nobn" not in eg.across_checkpoints(results)
 
 
 def test_level_agreement_correlates_per_level_returns():

@@ -125,6 +125,21 @@ def test_aggregate_gives_the_known_table(tmp_path):
     assert not checks["consistent across seeds (every seed meets train/test/gap)"]  # seed 3: gap 2.0 is not < 2.0
 
 
+def test_aggregate_compares_without_batchnorm_with_a_welch_ci(tmp_path):
+    for seed, (tr, te) in enumerate([(8.0, 7.0), (9.0, 7.0), (10.0, 7.0)], start=1):
+        write_run(tmp_path, "ppo_procgen", seed, [row(0, 3, 3), row(100, tr, te)])
+    for seed, (tr, te) in enumerate([(8.0, 5.0), (9.0, 6.0)], start=1):
+        write_run(tmp_path, "ppo_procgen_nobn", seed, [row(0, 3, 3), row(100, tr, te)])
+    aggregate.main([str(tmp_path), "--last", "1"])
+    bn = json.load(open(tmp_path / "gap_table.json"))["batchnorm"]
+    # gaps: base 1, 2, 3 (mean 2, std 1); no-BN 3, 3 (mean 3, std 0); t(0.975, df = min(3, 2) - 1 = 1) = 12.706
+    half = 12.7062 * (1 / 3**0.5)
+    assert bn["gap"]["difference"] == pytest.approx(1.0)
+    assert bn["gap"]["ci95"] == pytest.approx([1 - half, 1 + half], abs=1e-3)
+    assert bn["test"]["difference"] == pytest.approx(-1.5) and bn["train"]["difference"] == pytest.approx(-0.5)
+    assert "Without BatchNorm (no-BN - base, 95% CI): train -0.50" in (tmp_path / "gap_table.md").read_text()
+
+
 def test_aggregate_max_step_compares_runs_at_one_horizon(tmp_path):
     write_run(tmp_path, "long", 1, [row(0, 3, 3), row(100, 5, 4), row(200, 6, 5), row(300, 9, 9)])
     write_run(tmp_path, "short", 1, [row(0, 3, 3), row(100, 7, 6), row(200, 8, 7)])
