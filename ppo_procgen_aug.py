@@ -61,12 +61,13 @@ class Args:
     """Procgen's difficulty mode"""
 
     # Network
-    arch: Literal["impala", "espeholt"] = "espeholt"
-    """espeholt: CleanRL's / train-procgen's IMPALA-CNN; impala: the brief's IMPALA-small (learns slower: README)"""
+    arch: Literal["impala", "espeholt", "nature"] = "espeholt"
+    """espeholt: CleanRL's / train-procgen's IMPALA-CNN; impala: the brief's IMPALA-small (learns slower: README);
+    nature: the Nature-DQN CNN (3 convs of 32, 64, 64 channels, 512 units), the Procgen paper's weaker baseline"""
     pool: Literal["gap", "flatten"] = "flatten"
-    """global average pooling or flatten before the 256-unit layer (the brief's is `--arch impala --pool gap`)"""
+    """global average pooling or flatten before the fully connected layer (the brief's is `--arch impala --pool gap`)"""
     channels: tuple[int, ...] = (16, 32, 32)
-    """channels of each stage"""
+    """channels of each IMPALA stage (--arch nature has its own)"""
     bn_act: Literal["running", "batch"] = "running"
     """BN statistics when acting: running (eval mode, statistics re-estimated after each update; see README) or batch"""
     bn_update: Literal["batch", "running"] = "batch"
@@ -173,6 +174,8 @@ def check_args(args):
         fail("--bn-update running updates with the statistics the rollout acted with: it needs --bn-act running")
     if len(args.channels) == 0 or min(args.channels) <= 0:
         fail(f"--channels must be positive integers, got {args.channels}")
+    if args.arch == "nature" and args.channels != (16, 32, 32):
+        fail("--channels sets the IMPALA stages; --arch nature has its own (32, 64, 64)")
     if args.shift_pad < 0 or args.cutout < 0 or args.color_jitter < 0 or args.noise_std < 0 or not 0 <= args.aug_prob <= 1:
         fail("need --shift-pad, --cutout, --color-jitter, --noise-std >= 0 and 0 <= --aug-prob <= 1")
     args.batch_size = args.num_envs * args.num_steps
@@ -243,8 +246,8 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
     return layer
 
 
-def conv(in_channels, out_channels, kernel_size, stride=1):
-    padding = kernel_size // 2 if stride == 1 else 0
+def conv(in_channels, out_channels, kernel_size, stride=1, padding=None):
+    padding = (kernel_size // 2 if stride == 1 else 0) if padding is None else padding
     return nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False)  # BN follows
 
 
@@ -294,15 +297,22 @@ def espeholt_stage(in_channels, out_channels):
     )
 
 
+HIDDEN = {"impala": 256, "espeholt": 256, "nature": 512}  # features out of the torso
+
+
 def make_network(arch, channels, pool, obs_shape=(64, 64, 3)):
-    """The torso: float NCHW images in [0, 1] -> 256 features."""
+    """The torso: float NCHW images in [0, 1] -> HIDDEN[arch] features."""
     h, w, c = obs_shape
     layers, in_channels = [], c
-    for out_channels in channels:
-        layers.append(
-            ImpalaBlock(in_channels, out_channels) if arch == "impala" else espeholt_stage(in_channels, out_channels)
-        )
-        in_channels, h, w = out_channels, (h + 1) // 2, (w + 1) // 2
+    if arch == "nature":  # Mnih et al. 2015; unpadded convs 8/4, 4/2, 3/1: 64x64 -> 15x15 -> 6x6 -> 4x4
+        for out_channels, kernel, stride in [(32, 8, 4), (64, 4, 2), (64, 3, 1)]:
+            layers += [conv(in_channels, out_channels, kernel, stride, padding=0), norm(out_channels), nn.ReLU()]
+            in_channels, h, w = out_channels, (h - kernel) // stride + 1, (w - kernel) // stride + 1
+    else:
+        for out_channels in channels:
+            stage = ImpalaBlock if arch == "impala" else espeholt_stage
+            layers.append(stage(in_channels, out_channels))
+            in_channels, h, w = out_channels, (h + 1) // 2, (w + 1) // 2
     if arch == "espeholt":
         layers.append(nn.ReLU())
     if pool == "gap":
@@ -311,15 +321,15 @@ def make_network(arch, channels, pool, obs_shape=(64, 64, 3)):
     else:
         layers.append(nn.Flatten())
         out = in_channels * h * w
-    return nn.Sequential(*layers, layer_init(nn.Linear(out, 256)), nn.ReLU())
+    return nn.Sequential(*layers, layer_init(nn.Linear(out, HIDDEN[arch])), nn.ReLU())
 
 
 class Agent(nn.Module):
     def __init__(self, num_actions, arch="espeholt", channels=(16, 32, 32), pool="flatten", channels_last=False, amp="none"):
         super().__init__()
         self.network = make_network(arch, channels, pool)
-        self.actor = layer_init(nn.Linear(256, num_actions), std=0.01)
-        self.critic = layer_init(nn.Linear(256, 1), std=1)
+        self.actor = layer_init(nn.Linear(HIDDEN[arch], num_actions), std=0.01)
+        self.critic = layer_init(nn.Linear(HIDDEN[arch], 1), std=1)
         self.channels_last = channels_last  # speed options: not part of the weights
         self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 

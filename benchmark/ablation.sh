@@ -29,6 +29,7 @@ CONFIGS=(
   "amp_none|ppo_procgen|--amp none"
   "bn_act_batch|ppo_procgen|--bn-act batch"
   "bn_update_running|ppo_procgen|--bn-update running"
+  "nature|ppo_procgen|--arch nature"
   "reference|ppo_procgen_nobn|--arch espeholt --pool flatten --num-steps 256 --minibatch-size 2048"
   "reference_norm_reward|ppo_procgen_nobn|--arch espeholt --pool flatten --num-steps 256 --minibatch-size 2048 --norm-reward"
 )

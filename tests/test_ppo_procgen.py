@@ -132,8 +132,9 @@ def test_resume_refuses_another_setup(tiny_run):
         (["--total-timesteps", "-5"], "must be positive"),
         (["--env-id", "nosuchgame"], "unknown --env-id"),
         (["--device", "cuda"], "not available"),
-        (["--arch", "nature"], "invalid choice"),
+        (["--arch", "resnet"], "invalid choice"),
         (["--channels", "16", "0", "32"], "positive"),
+        (["--arch", "nature", "--channels", "32", "64"], "has its own (32, 64, 64)"),
         (["--bn-act", "batch", "--bn-update", "running"], "needs --bn-act running"),
         (["--env-id", "coinrun", "--distribution-mode", "exploration"], "cannot make coinrun"),
         (["--resume", "/nonexistent/run"], "no such checkpoint"),
@@ -256,15 +257,27 @@ def test_train_and_test_levels_are_separate():
 @pytest.mark.parametrize(
     "arch, pool, channels",
     [("impala", "gap", (16, 32, 32)), ("impala", "flatten", (16, 32, 32)), ("espeholt", "flatten", (16, 32, 32)),
-     ("espeholt", "gap", (8, 16))],
+     ("espeholt", "gap", (8, 16)), ("nature", "flatten", (16, 32, 32)), ("nature", "gap", (16, 32, 32))],
 )  # fmt: skip
 def test_each_arch_builds_and_runs(arch, pool, channels):
     agent = base.Agent(15, arch, channels, pool)
     action, logprob, entropy, value = agent.get_action_and_value(random_obs(3))
     assert action.shape == logprob.shape == entropy.shape == value.shape == (3,)
+    assert agent.actor.in_features == (512 if arch == "nature" else 256)
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in agent.modules()) == sum(
         isinstance(m, torch.nn.Conv2d) for m in agent.modules()
     )  # BN after every conv
+
+
+def test_nature_cnn_is_mnih_et_al_2015():
+    convs = [m for m in base.Agent(15, "nature").modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(m.out_channels, m.kernel_size[0], m.stride[0], m.padding[0]) for m in convs] == [
+        (32, 8, 4, 0),
+        (64, 4, 2, 0),
+        (64, 3, 1, 0),
+    ]
+    fc = [m for m in base.make_network("nature", (), "flatten") if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in fc] == [(64 * 4 * 4, 512)]  # 64 -> 15 -> 6 -> 4 pixels
 
 
 def test_resume_keeps_a_non_default_network(tmp_path):

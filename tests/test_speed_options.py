@@ -24,7 +24,7 @@ def loss_and_grads(agent, x, actions):
     return logits.detach(), value.detach(), torch.cat([p.grad.flatten() for p in agent.parameters()])
 
 
-@pytest.mark.parametrize("arch", ["impala", "espeholt"])
+@pytest.mark.parametrize("arch", ["impala", "espeholt", "nature"])
 @pytest.mark.parametrize(
     "options, logit_atol, grad_cos",
     [

@@ -86,7 +86,7 @@ def test_evaluation_sees_clean_frames():
 
 
 def test_nobn_network_has_no_batchnorm():
-    for arch in ["impala", "espeholt"]:
+    for arch in ["impala", "espeholt", "nature"]:
         agent = nobn.Agent(15, arch, (16, 32, 32), "gap")
         assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in agent.modules())
         assert all(m.bias is not None for m in agent.modules() if isinstance(m, torch.nn.Conv2d))
