@@ -432,7 +432,7 @@ def main(argv=None):
 def configuration(module, a):
     """A checkpoint's training configuration: its args but for the seed and what a run may change (names, folders,
     length, speed options). Checkpoints with equal configurations are seeds of one experiment."""
-    skip = {"seed", "exp_name", "runs_dir", "resume"} | module.RESUMABLE
+    skip = {"seed", "exp_name", "runs_dir", "resume", "num_iterations"} | module.RESUMABLE  # the last from the length
     return json.dumps({k: v for k, v in sorted(a.items()) if k not in skip})
 
 

@@ -260,7 +260,7 @@ def test_only_seeds_of_one_configuration_are_averaged():
 
     results = {
         "s1": rep("ppo_procgen", 7.0, 6.0),
-        "s2": rep("ppo_procgen", 8.0, 7.0, seed=2, total_timesteps=2000, exp_name="other"),  # a seed of s1's
+        "s2": rep("ppo_procgen", 8.0, 7.0, seed=2, total_timesteps=2000, num_iterations=2, exp_name="other"),  # s1's seed
         "aug": rep("ppo_procgen_aug", 9.0, 9.0),
         "impala": rep("ppo_procgen", 1.0, 1.0, arch="impala"),
         "random": {"train": {"mean": 3.0}, "test": {"mean": 3.0}, "gap": {"mean": 0.0}},
