@@ -63,7 +63,7 @@ class Args:
     # Network
     arch: Literal["impala", "espeholt", "nature"] = "espeholt"
     """espeholt: CleanRL's / train-procgen's IMPALA-CNN; impala: the brief's IMPALA-small (learns slower: README);
-    nature: the Nature-DQN CNN (3 convs of 32, 64, 64 channels, 512 units), the Procgen paper's weaker baseline"""
+    nature: the Nature-DQN CNN (3 convs of 32, 64, 64 channels, 512 units), the CoinRun paper's shallower baseline"""
     pool: Literal["gap", "flatten"] = "flatten"
     """global average pooling or flatten before the fully connected layer (the brief's is `--arch impala --pool gap`)"""
     channels: tuple[int, ...] = (16, 32, 32)
