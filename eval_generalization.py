@@ -22,9 +22,6 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmark"))
-from aggregate import difference, seed_stats  # noqa: E402
-
 VARIANTS = ("ppo_procgen", "ppo_procgen_aug", "ppo_procgen_nobn")
 # Procgen's normalisation constants (R_min, R_max), easy mode, from openai/train-procgen; others are not reported.
 NORMALIZATION = {"coinrun": (5.0, 10.0)}
@@ -442,6 +439,9 @@ def across_checkpoints(results):
     standard error) when the base has one such group: {label: {"checkpoints": names, "train"|"test"|"gap":
     aggregate.seed_stats, "vs_base": {split: {"difference", "ci95"}}}}. Different configurations are never averaged
     together."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmark"))
+    from aggregate import difference, seed_stats  # only needed here: a report of one checkpoint runs without benchmark/
+
     groups = {}
     for name, r in results.items():
         if "config" in r:
