@@ -557,20 +557,18 @@ def load_checkpoint(path, variant=VARIANT):
     return ckpt
 
 
-def resume_args(args, path):
-    """Args of the checkpoint's run; flags given on the command line may change only the RESUMABLE settings."""
+def resume_args(path):
+    """The checkpoint's args with the command line parsed over them: flags may change only the RESUMABLE settings."""
     ckpt = load_checkpoint(path)
-    saved = ckpt["args"]
+    saved = {f.name: ckpt["args"].get(f.name, f.default) for f in fields(Args)}  # older checkpoints: the defaults
+    saved["channels"] = tuple(saved["channels"])
+    args = tyro.cli(Args, default=Args(**saved))  # so a flag given at its default value still counts
     for f in fields(Args):
-        given = getattr(args, f.name)
-        if f.name in ("resume", "runs_dir") or given == f.default or f.name not in saved:
-            continue
-        old = tuple(saved[f.name]) if isinstance(saved[f.name], list) else saved[f.name]
-        if f.name not in RESUMABLE and given != old:
+        given, old = getattr(args, f.name), saved[f.name]
+        if f.name not in RESUMABLE | {"resume", "runs_dir"} and given != old:
             fail(f"--{f.name.replace('_', '-')} {given} differs from the checkpoint's {old}; a resumed run keeps its setup")
-        saved[f.name] = given
-    saved.update(resume=path, channels=tuple(saved["channels"]))
-    return Args(**saved), ckpt
+    args.resume = path
+    return args, ckpt
 
 
 if __name__ == "__main__":
@@ -578,12 +576,14 @@ if __name__ == "__main__":
     ckpt = None
     if args.resume:
         path = latest_checkpoint(args.resume)
-        args, ckpt = resume_args(args, path)
+        args, ckpt = resume_args(path)
         run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
     else:
         run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
         run_dir = os.path.join(args.runs_dir, run_name)
     check_args(args)
+    if ckpt is not None and ckpt["iteration"] >= args.num_iterations:
+        fail(f"{path} is at step {ckpt['global_step']}: give a --total-timesteps above it to continue the run")
     device = get_device(args.device)
     try:
         envs = make_env(args.env_id, args.num_envs, args.num_levels, args.start_level, args.distribution_mode,

@@ -119,9 +119,27 @@ def test_sigkill_then_resume_neither_loses_nor_repeats(reference_run, tmp_path):
     assert_same_run(reference_run, run_dir)  # bit-identical to the run that was never interrupted
 
 
-def test_resume_refuses_another_setup(tiny_run):
-    proc = run_script("ppo_procgen.py", "--resume", tiny_run[0], "--arch", "impala", check=False)
-    assert proc.returncode != 0 and "differs from the checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--arch", "impala"], "differs from the checkpoint"),
+        (["--num-steps", "256"], "differs from the checkpoint"),  # the default value is a change too
+        ([], "give a --total-timesteps above it"),  # the run is finished
+    ],
+)
+def test_resume_refuses_another_setup_or_nothing_to_do(tiny_run, flags, message):
+    proc = run_script("ppo_procgen.py", "--resume", tiny_run[0], *flags, check=False)
+    assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_resume_takes_a_flag_given_at_its_default_value(tiny_run, monkeypatch):
+    # The run was trained to 384 steps with evaluations every 256; 25M and 500k are Args' defaults.
+    cli = ["--resume", tiny_run[0], "--total-timesteps", "25000000", "--eval-frequency", "500000", "--threads", "2"]
+    monkeypatch.setattr(sys, "argv", ["ppo_procgen.py", *cli])
+    args, ckpt = base.resume_args(base.latest_checkpoint(tiny_run[0]))
+    assert (args.total_timesteps, args.eval_frequency, args.threads) == (25_000_000, 500_000, 2)
+    assert (args.num_envs, args.num_steps, args.checkpoint_frequency) == (4, 32, 256)  # the rest is the checkpoint's
+    assert args.resume.endswith("step_0000000384.pt") and ckpt["global_step"] == 384
 
 
 @pytest.mark.parametrize(
