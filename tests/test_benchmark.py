@@ -16,6 +16,20 @@ def test_vs_reference_interpolates_the_published_curve(tmp_path):
     assert run_script("benchmark/vs_reference.py", tmp_path / "missing.jsonl", check=False).returncode != 0
 
 
+def test_vs_reference_averages_blocks_of_evaluations(tmp_path):
+    path = tmp_path / "eval.jsonl"
+    rows = [(0, 3.0, 3.0), (250000, 6.0, 5.0), (500000, 8.0, 6.0), (750000, 9.0, 7.0)]
+    path.write_text("".join(json.dumps({"global_step": s, "train_return": a, "test_return": b, "gap": a - b}) + "\n"
+                            for s, a, b in rows))  # fmt: skip
+    out = run_script("benchmark/vs_reference.py", path, "--block", "500000").stdout
+    assert "| 0 | 1 | 3.00 | 3.00 | +0.00 | - | - | - |" in out
+    # 250000 and 500000 together; the reference at those two steps: (5.979 + 6.785) / 2, (5.455 + 6.340) / 2
+    assert "| 500000 | 2 | 7.00 | 5.50 | +1.50 | - | 6.38 | 5.90 |" in out
+    assert "| 1000000 | 1 | 9.00 | 7.00 | +2.00 | - | 7.19 | 6.74 |" in out  # the CSV's row at 750000
+    proc = run_script("benchmark/vs_reference.py", path, "--block", "0", check=False)
+    assert proc.returncode != 0 and "--block must be positive" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_vs_reference_averages_the_training_episodes_of_the_window(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
