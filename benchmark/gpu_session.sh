@@ -9,11 +9,13 @@
 # typeguard in $WHEELS (default .whl), and the shared libraries procgen's libenv.so needs (libGL.so.1, libGLX,
 # libGLdispatch, glib, X11, xcb: `ldd .../procgen/data/prebuilt/libenv.so`) in $WHEELS/lib; only those the machine
 # lacks are used. With everything installed: NO_INSTALL=1. Made benchmark/results/gpu_h100/ (END_S=560, an H100).
+# SETS and VARIANTS choose the speed rows (empty: none); RESUME=RUN_FOLDER continues that run instead of a new one.
 # Local dry run: PY=.venv/bin/python NO_INSTALL=1 DEVICE=cpu TINY=1 OUT=/tmp/gpu_out bash benchmark/gpu_session.sh
 set -u
 export PYTHONUNBUFFERED=1
 : "${OUT:?set OUT to the folder for the results}"
 PY=${PY:-python3}; WHEELS=${WHEELS:-.whl}; DEVICE=${DEVICE:-cuda}; END_S=${END_S:-545}; SPEED_S=${SPEED_S:-75}; COMPILE_S=${COMPILE_S:-120}; FP32_S=${FP32_S:-100}
+SETS=${SETS-fp32 default default+compile}; VARIANTS=${VARIANTS-ppo_procgen_aug.py ppo_procgen_nobn.py}
 # the learning run gets whatever is left until END_S seconds after this script started
 if [ -z "${NO_INSTALL:-}" ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl || exit 1
@@ -31,19 +33,23 @@ mkdir -p "$OUT/run"
   $PY -c "import torch, numpy, procgen; print('torch', torch.__version__, 'numpy', numpy.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tail -1; } | tee "$OUT/machine.txt"
 if [ -n "${TINY:-}" ]; then SP=(--iterations 2 --num-envs 4 --num-steps 32); EX=(--minibatch-size 64 --num-eval-episodes 3 --threads 1)
 else SP=(--iterations 4 --num-steps 256); EX=(--num-eval-episodes 20); fi
-for set in fp32 default default+compile; do  # one call each, so a set that hangs loses only its own row
+for set in $SETS; do  # one call each, so a set that hangs loses only its own row
   T=$SPEED_S; [ $set = fp32 ] && T=$FP32_S; [ $set = default+compile ] && T=$COMPILE_S
   timeout $T $PY benchmark/speed.py "${SP[@]}" --sets $set -- --device $DEVICE "${EX[@]}" 2>&1 | grep -v -i "gym\|migration" | tee -a "$OUT/speed.md"
 done
-for v in ppo_procgen_aug.py ppo_procgen_nobn.py; do  # the other variants at the defaults
+for v in $VARIANTS; do  # the other variants at the defaults
   timeout $SPEED_S $PY benchmark/speed.py --script $v "${SP[@]}" --sets default -- --device $DEVICE "${EX[@]}" 2>&1 | grep -v -i "gym\|migration" | tee -a "$OUT/speed.md"
 done
 LEARN_S=$((END_S - SECONDS)); [ $LEARN_S -lt 30 ] && LEARN_S=30; echo "learning for $LEARN_S s" | tee -a "$OUT/machine.txt"
 if [ -n "${TINY:-}" ]; then L=(--num-envs 4 --num-steps 32 --minibatch-size 64 --num-eval-episodes 3 --eval-frequency 256 --checkpoint-frequency 256 --total-timesteps 512 --threads 1)
 else L=(--eval-frequency 131072 --checkpoint-frequency 131072); fi
-timeout -s INT $LEARN_S $PY ppo_procgen.py --device $DEVICE "${L[@]}" --runs-dir /tmp/gpu_runs 2>&1 | grep -v -i "gym\|migration" > "$OUT/run/train.log"
+if [ -n "${RESUME:-}" ]; then  # continue a run brought along (its folder), e.g. benchmark/results/gpu_h100/run
+  mkdir -p /tmp/gpu_runs && cp -r "$RESUME" /tmp/gpu_runs/run && L=(--resume /tmp/gpu_runs/run "${L[@]}")
+  [ -n "${TINY:-}" ] && L+=(--total-timesteps 1024)
+else L+=(--runs-dir /tmp/gpu_runs); fi
+timeout -s INT $LEARN_S $PY ppo_procgen.py --device $DEVICE "${L[@]}" 2>&1 | grep -v -i "gym\|migration" > "$OUT/run/train.log"
 tail -3 "$OUT/run/train.log"
-RUN=$(ls -d /tmp/gpu_runs/*/ | head -1)
+RUN=$(ls -d /tmp/gpu_runs/*/ | head -1)  # back as $OUT/run, laid out as a run folder (latest checkpoint only)
 cp "$RUN"/eval.jsonl "$RUN"/events.out.tfevents.* "$OUT/run/"
-cp "$(ls "$RUN"/checkpoints/*.pt | tail -1)" "$OUT/run/"
-cat "$OUT/run/eval.jsonl"; ls -la "$OUT" "$OUT/run"
+mkdir -p "$OUT/run/checkpoints" && cp "$(ls "$RUN"/checkpoints/*.pt | tail -1)" "$OUT/run/checkpoints/"
+cat "$OUT/run/eval.jsonl"; ls -la "$OUT" "$OUT/run" "$OUT/run/checkpoints"
