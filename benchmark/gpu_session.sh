@@ -22,8 +22,8 @@ if [ -z "${NO_INSTALL:-}" ]; then
   export PYTHONPATH=/tmp/site
 fi
 # procgen's libenv.so needs libGL, X11 and glib: carried from the CPU machine, used only where the device lacks them
-mkdir -p /tmp/xlib; [ -d "$WHEELS"/lib ] && for f in "$WHEELS"/lib/*; do ldconfig -p | grep -q "^\s*$(basename $f) " || cp $f /tmp/xlib/; done
-echo "carried libraries used: $(ls /tmp/xlib | tr '\n' ' ')"; export LD_LIBRARY_PATH=/tmp/xlib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+XLIB=$(mktemp -d); [ -d "$WHEELS"/lib ] && for f in "$WHEELS"/lib/*; do ldconfig -p | grep -q "^\s*$(basename $f) " || cp $f $XLIB/; done
+echo "carried libraries used: $(ls $XLIB | tr '\n' ' ')"; export LD_LIBRARY_PATH=$XLIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 $PY -c "from procgen import ProcgenEnv; e = ProcgenEnv(num_envs=2, env_name='coinrun'); e.reset(); print('procgen ok')" 2>&1 | tail -3
 if ! $PY -c "from procgen import ProcgenEnv; ProcgenEnv(num_envs=1, env_name='coinrun')" 2>/dev/null; then
   ldd $($PY -c "import procgen, os; print(os.path.dirname(procgen.__file__))")/data/prebuilt/libenv.so | grep "not found"; exit 1
@@ -43,13 +43,14 @@ done
 LEARN_S=$((END_S - SECONDS)); [ $LEARN_S -lt 30 ] && LEARN_S=30; echo "learning for $LEARN_S s" | tee -a "$OUT/machine.txt"
 if [ -n "${TINY:-}" ]; then L=(--num-envs 4 --num-steps 32 --minibatch-size 64 --num-eval-episodes 3 --eval-frequency 256 --checkpoint-frequency 256 --total-timesteps 512 --threads 1)
 else L=(--eval-frequency 131072 --checkpoint-frequency 131072); fi
+RUNS=$(mktemp -d)  # the learning run's runs folder
 if [ -n "${RESUME:-}" ]; then  # continue a run brought along (its folder), e.g. benchmark/results/gpu_h100/run
-  mkdir -p /tmp/gpu_runs && cp -r "$RESUME" /tmp/gpu_runs/run && L=(--resume /tmp/gpu_runs/run "${L[@]}")
+  cp -r "$RESUME" $RUNS/run && L=(--resume $RUNS/run "${L[@]}")
   [ -n "${TINY:-}" ] && L+=(--total-timesteps 1024)
-else L+=(--runs-dir /tmp/gpu_runs); fi
+else L+=(--runs-dir $RUNS); fi
 timeout -s INT $LEARN_S $PY ppo_procgen.py --device $DEVICE "${L[@]}" 2>&1 | grep -v -i "gym\|migration" > "$OUT/run/train.log"
 tail -3 "$OUT/run/train.log"
-RUN=$(ls -d /tmp/gpu_runs/*/ | head -1)  # back as $OUT/run, laid out as a run folder (latest checkpoint only)
+RUN=$(ls -d $RUNS/*/ | head -1)  # back as $OUT/run, laid out as a run folder (latest checkpoint only)
 cp "$RUN"/eval.jsonl "$RUN"/events.out.tfevents.* "$OUT/run/"
 mkdir -p "$OUT/run/checkpoints" && cp "$(ls "$RUN"/checkpoints/*.pt | tail -1)" "$OUT/run/checkpoints/"
 cat "$OUT/run/eval.jsonl"; ls -la "$OUT" "$OUT/run" "$OUT/run/checkpoints"

@@ -1,8 +1,12 @@
-"""Benchmark helpers: the reference comparison reads the published curve correctly; the speed table runs."""
+"""Benchmark helpers: the reference comparison reads the published curve correctly; the speed table and the GPU
+session script run."""
 
 import json
+import os
+import subprocess
+import sys
 
-from conftest import run_script
+from conftest import ROOT, run_script
 
 
 def test_vs_reference_interpolates_the_published_curve(tmp_path):
@@ -72,3 +76,17 @@ def test_speed_table_has_a_row_per_option_set():
     assert rows[1][2] == "1.00x" and all(float(v.strip(" |")) > 0 for r in rows[1:] for v in r[3:-1])
     assert all(r[-1] == "- |" for r in rows[1:])  # no GPU memory on cpu
     assert "--no-retain-memory" in out and "--amp none --no-channels-last" in out  # the commands it ran
+
+
+def test_gpu_session_brings_back_a_resumable_run_folder(tmp_path):
+    script = os.path.join(ROOT, "benchmark", "gpu_session.sh")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PY": sys.executable, "NO_INSTALL": "1", "DEVICE": "cpu", "TINY": "1",
+           "SETS": "", "VARIANTS": "", "END_S": "100000", "OUT": str(tmp_path / "out")}  # fmt: skip
+    proc = subprocess.run(["bash", script], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = tmp_path / "out" / "run"
+    assert [json.loads(line)["global_step"] for line in (run / "eval.jsonl").read_text().splitlines()] == [0, 256, 512]
+    assert os.listdir(run / "checkpoints") == ["step_0000000512.pt"] and list(run.glob("events.out.tfevents.*"))
+    env.pop("OUT")
+    proc = subprocess.run(["bash", script], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert proc.returncode != 0 and "set OUT" in proc.stderr
