@@ -15,8 +15,8 @@ set -u
 export PYTHONUNBUFFERED=1
 : "${OUT:?set OUT to the folder for the results}"
 PY=${PY:-python3}; WHEELS=${WHEELS:-.whl}; DEVICE=${DEVICE:-cuda}; END_S=${END_S:-545}; SPEED_S=${SPEED_S:-75}; COMPILE_S=${COMPILE_S:-120}; FP32_S=${FP32_S:-100}
-SETS=${SETS-fp32 default default+compile}; VARIANTS=${VARIANTS-ppo_procgen_aug.py ppo_procgen_nobn.py}
 # the learning run gets whatever is left until END_S seconds after this script started
+SETS=${SETS-fp32 default default+compile}; VARIANTS=${VARIANTS-ppo_procgen_aug.py ppo_procgen_nobn.py}
 if [ -z "${NO_INSTALL:-}" ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl || exit 1
   export PYTHONPATH=/tmp/site
@@ -45,7 +45,8 @@ if [ -n "${TINY:-}" ]; then L=(--num-envs 4 --num-steps 32 --minibatch-size 64 -
 else L=(--eval-frequency 131072 --checkpoint-frequency 131072); fi
 RUNS=$(mktemp -d)  # the learning run's runs folder
 if [ -n "${RESUME:-}" ]; then  # continue a run brought along (its folder), e.g. benchmark/results/gpu_h100/run
-  cp -r "$RESUME" $RUNS/run && L=(--resume $RUNS/run "${L[@]}")
+  cp -r "$RESUME" $RUNS/run || { echo "gpu_session.sh: cannot copy RESUME=$RESUME" >&2; exit 1; }
+  L=(--resume $RUNS/run "${L[@]}")
   [ -n "${TINY:-}" ] && L+=(--total-timesteps 1024)
 else L+=(--runs-dir $RUNS); fi
 timeout -s INT $LEARN_S $PY ppo_procgen.py --device $DEVICE "${L[@]}" 2>&1 | grep -v -i "gym\|migration" > "$OUT/run/train.log"
@@ -54,3 +55,4 @@ RUN=$(ls -d $RUNS/*/ | head -1)  # back as $OUT/run, laid out as a run folder (l
 cp "$RUN"/eval.jsonl "$RUN"/events.out.tfevents.* "$OUT/run/"
 mkdir -p "$OUT/run/checkpoints" && cp "$(ls "$RUN"/checkpoints/*.pt | tail -1)" "$OUT/run/checkpoints/"
 cat "$OUT/run/eval.jsonl"; ls -la "$OUT" "$OUT/run" "$OUT/run/checkpoints"
+[ -s "$OUT/run/eval.jsonl" ]  # the exit status: non-zero when the learning run brought nothing back

@@ -87,6 +87,8 @@ def test_gpu_session_brings_back_a_resumable_run_folder(tmp_path):
     run = tmp_path / "out" / "run"
     assert [json.loads(line)["global_step"] for line in (run / "eval.jsonl").read_text().splitlines()] == [0, 256, 512]
     assert os.listdir(run / "checkpoints") == ["step_0000000512.pt"] and list(run.glob("events.out.tfevents.*"))
+    proc = subprocess.run(["bash", script], capture_output=True, text=True, env={**env, "RESUME": "/nonexistent"}, cwd=ROOT)
+    assert proc.returncode != 0 and "cannot copy RESUME=/nonexistent" in proc.stderr
     env.pop("OUT")
     proc = subprocess.run(["bash", script], capture_output=True, text=True, env=env, cwd=ROOT)
     assert proc.returncode != 0 and "set OUT" in proc.stderr
