@@ -15,7 +15,6 @@ set -u
 export PYTHONUNBUFFERED=1
 : "${OUT:?set OUT to the folder for the results}"
 PY=${PY:-python3}; WHEELS=${WHEELS:-.whl}; DEVICE=${DEVICE:-cuda}; END_S=${END_S:-545}; SPEED_S=${SPEED_S:-75}; COMPILE_S=${COMPILE_S:-120}; FP32_S=${FP32_S:-100}
-# the learning run gets whatever is left until END_S seconds after this script started
 SETS=${SETS-fp32 default default+compile}; VARIANTS=${VARIANTS-ppo_procgen_aug.py ppo_procgen_nobn.py}
 if [ -z "${NO_INSTALL:-}" ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl || exit 1
@@ -24,8 +23,7 @@ fi
 # procgen's libenv.so needs libGL, X11 and glib: carried from the CPU machine, used only where the device lacks them
 XLIB=$(mktemp -d); [ -d "$WHEELS"/lib ] && for f in "$WHEELS"/lib/*; do ldconfig -p | grep -q "^\s*$(basename $f) " || cp $f $XLIB/; done
 echo "carried libraries used: $(ls $XLIB | tr '\n' ' ')"; export LD_LIBRARY_PATH=$XLIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-$PY -c "from procgen import ProcgenEnv; e = ProcgenEnv(num_envs=2, env_name='coinrun'); e.reset(); print('procgen ok')" 2>&1 | tail -3
-if ! $PY -c "from procgen import ProcgenEnv; ProcgenEnv(num_envs=1, env_name='coinrun')" 2>/dev/null; then
+if ! $PY -c "from procgen import ProcgenEnv; ProcgenEnv(num_envs=1, env_name='coinrun').reset(); print('procgen ok')" 2>/dev/null; then
   ldd $($PY -c "import procgen, os; print(os.path.dirname(procgen.__file__))")/data/prebuilt/libenv.so | grep "not found"; exit 1
 fi
 mkdir -p "$OUT/run"
@@ -40,6 +38,7 @@ done
 for v in $VARIANTS; do  # the other variants at the defaults
   timeout $SPEED_S $PY benchmark/speed.py --script $v "${SP[@]}" --sets default -- --device $DEVICE "${EX[@]}" 2>&1 | grep -v -i "gym\|migration" | tee -a "$OUT/speed.md"
 done
+# the learning run gets whatever is left until END_S seconds after this script started
 LEARN_S=$((END_S - SECONDS)); [ $LEARN_S -lt 30 ] && LEARN_S=30; echo "learning for $LEARN_S s" | tee -a "$OUT/machine.txt"
 if [ -n "${TINY:-}" ]; then L=(--num-envs 4 --num-steps 32 --minibatch-size 64 --num-eval-episodes 3 --eval-frequency 256 --checkpoint-frequency 256 --total-timesteps 512 --threads 1)
 else L=(--eval-frequency 131072 --checkpoint-frequency 131072); fi
