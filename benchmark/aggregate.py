@@ -24,20 +24,28 @@ from vs_reference import WINDOW, reference, training_episodes, window_mean  # no
 
 VARIANTS = ["ppo_procgen", "ppo_procgen_aug", "ppo_procgen_nobn"]
 TARGETS = {"train": 8.0, "test": 6.5, "gap": 2.0, "gap_reduction": 0.5}  # the brief's done-when gates
-# The brief's "learning stability: no catastrophic forgetting", measured on the training-episode curve: the 15 distinct
-# runs in benchmark/results that kept learning fell at most 0.47 below their best 65,536-step window; the collapsed one
-# 1.94.
+# The brief's "learning stability: no catastrophic forgetting", measured on the training-episode curve as a fall that
+# lasts: how far the mean of a 65,536-step window and of the two after it (all three) stays below the best earlier
+# 262,144-step mean. The 26 distinct runs in benchmark/results that kept learning: <= 0.40 (to 1.4M steps), and 0.60
+# on the long run's plateau to 5.1M; the collapsed flatten run: 1.94. (The earlier statistic, a single window below the
+# best single window, grew with run length: 1.46 for the long run, from one noisy window.)
+SUSTAIN, SMOOTH = 3, 4  # windows
 MAX_DROP = 1.0
 
 
 def largest_drop(episodes, horizon):
-    """Largest fall of the training-episode mean, over consecutive WINDOW-step windows up to `horizon`, below the best
-    window before it: ~0 while a run keeps learning; nan without TensorBoard events."""
+    """Largest fall of the training-episode mean below its best earlier SMOOTH-window mean that lasts SUSTAIN
+    consecutive WINDOW-step windows (those left, at the end of the run), over the windows up to `horizon`: 0 while a
+    run keeps learning, the fall itself for a collapse; nan without TensorBoard events."""
     if episodes is None:
         return float("nan")
     means = np.array([window_mean(episodes, step) for step in range(WINDOW, horizon + 1, WINDOW)])
     means = means[~np.isnan(means)]
-    return float((np.maximum.accumulate(means) - means).max()) if len(means) else float("nan")
+    if not len(means):
+        return float("nan")
+    smooth = np.array([means[max(0, t - SMOOTH + 1) : t + 1].mean() for t in range(len(means))])
+    best = np.maximum.accumulate(smooth)
+    return float(max([0.0] + [best[t - 1] - means[t : t + SUSTAIN].max() for t in range(1, len(means))]))
 
 
 def t_quantile(p, df):
@@ -177,7 +185,7 @@ def checklist(table, comp):
         ("augmentation does not hurt training", comp is not None and comp["train_change"] >= 0),
         ("consistent across seeds (every seed meets train/test/gap)", main["every_seed_meets_targets"]),
         (
-            f"learning stable (no seed's training-episode mean falls > {MAX_DROP} below its best earlier window)",
+            f"learning stable (no seed's training-episode mean stays > {MAX_DROP} below its best earlier mean)",
             main["largest_drop"] is not None and max(main["largest_drop"]) <= MAX_DROP,
         ),
     ]
@@ -242,8 +250,9 @@ def markdown(table, comp, bn, checks, random_row, last):
     drops = [f"{v}: {', '.join(f'{d:.2f}' for d in r['largest_drop'])}" for v, r in table.items() if r["largest_drop"]]
     if drops:
         lines.append(
-            f"\nLearning stability (per seed, the largest fall of the training-episode mean over consecutive {WINDOW}-step "
-            f"windows below its best earlier window; > {MAX_DROP}: a collapse): " + "; ".join(drops)
+            f"\nLearning stability (per seed, the largest fall of the training-episode mean that lasts {SUSTAIN} consecutive "
+            f"{WINDOW}-step windows, below its best earlier {SMOOTH * WINDOW}-step mean; > {MAX_DROP}: a collapse): "
+            + "; ".join(drops)
         )
     lines.append("\nThe brief's checklist (computed from the data):\n")
     lines += [f"- [{'x' if c['pass'] else ' '}] {c['check']}" for c in checks]
