@@ -2,20 +2,21 @@
 # A short GPU session in one command (~9 min), for a lent machine reached by a single shell command:
 #   1. benchmark/speed.py on cuda: fp32, the defaults, the defaults + --compile, then the aug and nobn variants at the
 #      defaults (each in its own call with its own timeout, so a set that hangs or compiles too long loses only its row)
-#   2. the default configuration learning on cuda (evaluations and checkpoints every 131072 steps) until END_S seconds
+#   2. SCRIPT's default configuration learning on cuda (evaluations and checkpoints every 131072 steps) until END_S seconds
 #      after this script started, then stopped with SIGINT
 # Results go to $OUT (speed.md, machine.txt, run/). Run from the repo root. On a machine without internet, put
 # cp312 wheels of procgen-mirror, gym3, gym, gym-notices, cffi, pycparser, tyro, docstring-parser, shtab and
 # typeguard in $WHEELS (default .whl), and the shared libraries procgen's libenv.so needs (libGL.so.1, libGLX,
 # libGLdispatch, glib, X11, xcb: `ldd .../procgen/data/prebuilt/libenv.so`) in $WHEELS/lib; only those the machine
 # lacks are used. With everything installed: NO_INSTALL=1. Made benchmark/results/gpu_h100/ (END_S=560, an H100).
-# SETS and VARIANTS choose the speed rows (empty: none); RESUME=RUN_FOLDER continues that run instead of a new one.
+# SETS and VARIANTS choose the speed rows (empty: none); SCRIPT is the learning run's (default ppo_procgen.py);
+# RESUME=RUN_FOLDER continues that run (made by SCRIPT) instead of a new one.
 # Local dry run: PY=.venv/bin/python NO_INSTALL=1 DEVICE=cpu TINY=1 OUT=/tmp/gpu_out bash benchmark/gpu_session.sh
 set -u
 export PYTHONUNBUFFERED=1
 : "${OUT:?set OUT to the folder for the results}"
 PY=${PY:-python3}; WHEELS=${WHEELS:-.whl}; DEVICE=${DEVICE:-cuda}; END_S=${END_S:-545}; SPEED_S=${SPEED_S:-75}; COMPILE_S=${COMPILE_S:-120}; FP32_S=${FP32_S:-100}
-SETS=${SETS-fp32 default default+compile}; VARIANTS=${VARIANTS-ppo_procgen_aug.py ppo_procgen_nobn.py}
+SETS=${SETS-fp32 default default+compile}; VARIANTS=${VARIANTS-ppo_procgen_aug.py ppo_procgen_nobn.py}; SCRIPT=${SCRIPT:-ppo_procgen.py}
 if [ -z "${NO_INSTALL:-}" ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl || exit 1
   export PYTHONPATH=/tmp/site
@@ -48,7 +49,7 @@ if [ -n "${RESUME:-}" ]; then  # continue a run brought along (its folder), e.g.
   L=(--resume $RUNS/run "${L[@]}")
   [ -n "${TINY:-}" ] && L+=(--total-timesteps 1024)
 else L+=(--runs-dir $RUNS); fi
-timeout -s INT $LEARN_S $PY ppo_procgen.py --device $DEVICE "${L[@]}" 2>&1 | grep -v -i "gym\|migration" > "$OUT/run/train.log"
+timeout -s INT $LEARN_S $PY $SCRIPT --device $DEVICE "${L[@]}" 2>&1 | grep -v -i "gym\|migration" > "$OUT/run/train.log"
 tail -3 "$OUT/run/train.log"
 RUN=$(ls -d $RUNS/*/ | head -1)  # back as $OUT/run, laid out as a run folder (latest checkpoint only)
 cp "$RUN"/eval.jsonl "$RUN"/events.out.tfevents.* "$OUT/run/"

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import torch
 from conftest import ROOT, run_script
 
 
@@ -81,12 +82,20 @@ def test_speed_table_has_a_row_per_option_set():
 def test_gpu_session_brings_back_a_resumable_run_folder(tmp_path):
     script = os.path.join(ROOT, "benchmark", "gpu_session.sh")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PY": sys.executable, "NO_INSTALL": "1", "DEVICE": "cpu", "TINY": "1",
-           "SETS": "", "VARIANTS": "", "END_S": "100000", "OUT": str(tmp_path / "out")}  # fmt: skip
+           "SETS": "", "VARIANTS": "", "END_S": "100000", "SCRIPT": "ppo_procgen_nobn.py", "OUT": str(tmp_path / "out")}  # fmt: skip
     proc = subprocess.run(["bash", script], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     run = tmp_path / "out" / "run"
     assert [json.loads(line)["global_step"] for line in (run / "eval.jsonl").read_text().splitlines()] == [0, 256, 512]
     assert os.listdir(run / "checkpoints") == ["step_0000000512.pt"] and list(run.glob("events.out.tfevents.*"))
+    assert torch.load(run / "checkpoints" / "step_0000000512.pt", weights_only=False)["variant"] == "ppo_procgen_nobn"
+    # the folder it brought back continues in a later session (TINY resumes to 1024 steps)
+    proc = subprocess.run(["bash", script], capture_output=True, text=True, cwd=ROOT, timeout=600,
+                          env={**env, "RESUME": str(run), "OUT": str(tmp_path / "out2")})  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = (tmp_path / "out2" / "run" / "eval.jsonl").read_text().splitlines()
+    assert [json.loads(line)["global_step"] for line in rows] == [0, 256, 512, 768, 1024]
+    assert os.listdir(tmp_path / "out2" / "run" / "checkpoints") == ["step_0000001024.pt"]
     proc = subprocess.run(["bash", script], capture_output=True, text=True, env={**env, "RESUME": "/nonexistent"}, cwd=ROOT)
     assert proc.returncode != 0 and "cannot copy RESUME=/nonexistent" in proc.stderr
     env.pop("OUT")
