@@ -82,7 +82,8 @@ def test_speed_table_has_a_row_per_option_set():
 def test_gpu_session_brings_back_a_resumable_run_folder(tmp_path):
     script = os.path.join(ROOT, "benchmark", "gpu_session.sh")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PY": sys.executable, "NO_INSTALL": "1", "DEVICE": "cpu", "TINY": "1",
-           "SETS": "", "VARIANTS": "", "END_S": "100000", "SCRIPT": "ppo_procgen_nobn.py", "OUT": str(tmp_path / "out")}  # fmt: skip
+           "SETS": "", "VARIANTS": "", "END_S": "100000", "SCRIPT": "ppo_procgen_nobn.py",
+           "OUT": str(tmp_path / "out")}  # fmt: skip
     proc = subprocess.run(["bash", script], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     run = tmp_path / "out" / "run"
