@@ -36,18 +36,22 @@ def interpolate(ref, key, step):
 WINDOW = 65536
 
 
-def training_episodes(run_dir):
-    """(steps, returns) of the training episodes logged to TensorBoard, or None without event files."""
+def read_scalars(run_dir, tags):
+    """{tag: (steps, values)} of the TensorBoard scalars under these tags in a run folder (all its event files, a
+    resumed run's included), for the tags it has; None without event files."""
     if not glob.glob(os.path.join(run_dir, "events.out.tfevents.*")):
         return None
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(run_dir, size_guidance={"scalars": 0})
     acc.Reload()
-    if "charts/episodic_return" not in acc.Tags()["scalars"]:
-        return None
-    events = acc.Scalars("charts/episodic_return")
-    return np.array([e.step for e in events]), np.array([e.value for e in events])
+    found = {tag: acc.Scalars(tag) for tag in tags if tag in acc.Tags()["scalars"]}
+    return {tag: (np.array([e.step for e in events]), np.array([e.value for e in events])) for tag, events in found.items()}
+
+
+def training_episodes(run_dir):
+    """(steps, returns) of the training episodes logged to TensorBoard, or None without them."""
+    return (read_scalars(run_dir, ["charts/episodic_return"]) or {}).get("charts/episodic_return")
 
 
 def window_mean(episodes, step):

@@ -49,6 +49,25 @@ def test_vs_reference_averages_the_training_episodes_of_the_window(tmp_path):
     assert "| 131072 | 7.00 | 6.00 | +1.00 | 7.50 | - | - |" in out  # the 4 episodes after step 65536
 
 
+def test_scalars_averages_each_tag_over_blocks_of_steps(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(tmp_path / "run")
+    for step, kl, entropy in [(100, 0.01, 2.0), (200, 0.03, 2.2), (300, 0.05, 1.0)]:
+        writer.add_scalar("losses/approx_kl", kl, step)
+        if step != 300:
+            writer.add_scalar("losses/entropy", entropy, step)
+    writer.close()
+    out = run_script("benchmark/scalars.py", tmp_path / "run", "--block", "200", "--tags", "losses/approx_kl",
+                     "losses/entropy", "losses/clipfrac").stdout  # fmt: skip
+    assert "| steps up to | approx_kl | entropy | clipfrac |" in out
+    assert "| 200 | 0.02 | 2.1 | - |" in out and "| 400 | 0.05 | - | - |" in out  # (0, 200] and (200, 400]
+    proc = run_script("benchmark/scalars.py", tmp_path, check=False)  # no event files there
+    assert proc.returncode != 0 and "no TensorBoard events" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_script("benchmark/scalars.py", tmp_path / "run", "--block", "0", check=False)
+    assert proc.returncode != 0 and "--block must be positive" in proc.stderr
+
+
 def test_bn_mismatch_measures_acting_vs_update_policy(tiny_run):
     args = ("--num-steps", "8", "--minibatch-sizes", "16", "32", "--per-layer")
     out = run_script("benchmark/bn_mismatch.py", tiny_run[0], *args).stdout
