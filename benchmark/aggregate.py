@@ -175,8 +175,13 @@ def batchnorm_effect(table):
     return {k: difference(nobn[k], base[k]) for k in ["train", "test", "gap"]}
 
 
+def main_variant(table):
+    """The variant the brief's checklist is about: the augmented one, or the first there is."""
+    return "ppo_procgen_aug" if "ppo_procgen_aug" in table else next(iter(table))
+
+
 def checklist(table, comp):
-    main = table.get("ppo_procgen_aug") or next(iter(table.values()))
+    main = table[main_variant(table)]
     items = [
         ("train >= 8.0", main["train"]["mean"] >= TARGETS["train"]),
         ("test >= 6.5", main["test"]["mean"] >= TARGETS["test"]),
@@ -254,7 +259,7 @@ def markdown(table, comp, bn, checks, random_row, last):
             f"{WINDOW}-step windows, below its best earlier {SMOOTH * WINDOW}-step mean; > {MAX_DROP}: a collapse): "
             + "; ".join(drops)
         )
-    lines.append("\nThe brief's checklist (computed from the data):\n")
+    lines.append(f"\nThe brief's checklist, for {main_variant(table)} (computed from the data):\n")
     lines += [f"- [{'x' if c['pass'] else ' '}] {c['check']}" for c in checks]
     return "\n".join(lines) + "\n"
 
