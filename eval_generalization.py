@@ -267,6 +267,29 @@ def shift_sensitivity(agent, frames, device, pixels=4):
     }
 
 
+def representation(agent, frames, device, delta=0.01):
+    """The health of the penultimate layer (the shared torso's last Linear + ReLU) on frames (..., 64, 64, 3), the
+    statistics Moalla et al. (2024, "No Representation, No Trust") find deteriorating before PPO's performance
+    collapses: its feature rank (srank, Kumar et al. 2021: the fewest singular values of the frames x units feature
+    matrix that sum to 1 - delta of their total), the fraction of dead units (zero on every frame), the mean L2 norm of
+    the pre-activations, and the policy's mean entropy on the same frames. In fp32."""
+    x = torch.as_tensor(frames.reshape(-1, *frames.shape[-3:])).to(device).permute(0, 3, 1, 2).float() / 255.0
+    with torch.inference_mode():
+        pre = agent.network[:-1](x).float()  # make_network ends in Linear, ReLU
+        feats = torch.relu(pre)
+        logp = torch.log_softmax(agent.actor(feats), -1)
+    sv = torch.linalg.svdvals(feats.cpu().double())
+    cum = sv.cumsum(0) / sv.sum().clamp_min(1e-12)
+    return {
+        "units": feats.shape[1],
+        "frames": feats.shape[0],
+        "feature_rank": int((cum < 1 - delta).sum()) + 1,
+        "dead_units": float((feats <= 0).all(0).float().mean()),
+        "preactivation_norm": float(pre.norm(dim=-1).mean()),
+        "entropy": float(-(logp.exp() * logp).sum(-1).mean()),
+    }
+
+
 def record_videos(agent, env_id, mode, n, out, name, generator, greedy, device):
     """Play up to 4n test episodes keeping only each env's start state and actions (bounded memory), then replay n
     failures and n successes with Procgen's 512x512 render into GIFs. Returns what each chosen episode was."""
@@ -350,7 +373,7 @@ def main(argv=None):
         "--show-levels", type=int, default=0, metavar="K", help="PNG of the first frame of K train and K test levels"
     )
     p.add_argument("--videos", type=int, default=0, metavar="N", help="GIFs of N failed and N successful test episodes")
-    p.add_argument("--feature-frames", type=int, default=256, help="frames per split for the feature-shift probe (0: skip)")
+    p.add_argument("--feature-frames", type=int, default=256, help="frames per split for the feature diagnostics (0: skip)")
     p.add_argument(
         "--saliency", type=int, default=0, metavar="N", help="PNG of gradient saliency on N train and N test frames"
     )
@@ -409,6 +432,7 @@ def main(argv=None):
             report["feature_shift_probe_accuracy"] = feature_shift(agent, frames, device)
             report["action_mix"] = action_mix(agent, frames, device)
             report["shift_sensitivity"] = shift_sensitivity(agent, frames, device)
+            report["representation"] = representation(agent, frames, device)
         report.update(checkpoint=ckpt_path, env_id=a["env_id"], seconds=time.time() - t0, greedy=opts.greedy)
         if name != "random":
             report.update(variant=module.__name__, config=configuration(module, a))
@@ -566,6 +590,18 @@ def markdown(data, opts):
         lines += [
             f"- {n}: KL {r['kl']:.4f} [{r['kl_ci95'][0]:.4f}, {r['kl_ci95'][1]:.4f}], feature cosine {r['feature_cosine']:.3f}"
             for n, r in shifts.items()
+        ]
+    reps = {n: r["representation"] for n, r in data["checkpoints"].items() if "representation" in r}
+    if reps:
+        r0 = next(iter(reps.values()))
+        lines.append(f"\nRepresentation on the same {r0['frames']} frames: the penultimate layer's feature rank (of")
+        lines.append(f"{r0['units']} units; srank, 99% of the singular values' sum), dead units (zero on every frame), mean")
+        lines.append("pre-activation norm, and the policy's mean entropy (uniform: 2.71). Falling rank and growing norm")
+        lines.append("preceded PPO's collapses in Moalla et al. (2024):\n")
+        lines.append("| checkpoint | feature rank | dead units | pre-activation norm | entropy |\n|---|---|---|---|---|")
+        lines += [
+            f"| {n} | {r['feature_rank']} | {r['dead_units']:.1%} | {r['preactivation_norm']:.1f} | {r['entropy']:.3f} |"
+            for n, r in reps.items()
         ]
     return "\n".join(lines) + "\n"
 

@@ -68,6 +68,9 @@ def test_report_has_the_fields(report):
     assert set(mix) == {"left", "right", "jump"} and all(0 <= p <= 1 for p in mix.values()) and "Action mix" in md
     shift = data["checkpoints"][names[0]]["shift_sensitivity"]
     assert shift["pixels"] == 4 and shift["kl"] >= 0 and -1 <= shift["feature_cosine"] <= 1 and "Shift sensitivity" in md
+    rep = data["checkpoints"][names[0]]["representation"]
+    assert rep["units"] == 256 and rep["frames"] == 16 and 1 <= rep["feature_rank"] <= 16 and "Representation" in md
+    assert 0 <= rep["dead_units"] <= 1 and rep["preactivation_norm"] > 0 and 0 < rep["entropy"] <= np.log(15) + 1e-6
     assert "shift_sensitivity" not in data["checkpoints"]["random"]
 
 
@@ -322,3 +325,27 @@ def test_report_has_the_level_agreement(report):
     agree = data["level_agreement"]
     assert agree["policies"] == list(data["checkpoints"]) and agree["levels"] == [0, 1, 2]
     assert len(agree["correlation"]) == 2 and "Level agreement" in open(out / "report.md").read()
+
+
+def test_representation_counts_rank_dead_units_and_norm():
+    import ppo_procgen
+
+    torch.manual_seed(0)
+    agent = ppo_procgen.Agent(15).eval()
+    frames = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 64, 3), dtype=np.uint8)
+    healthy = eg.representation(agent, frames, torch.device("cpu"))
+    assert healthy["frames"] == 128 and healthy["feature_rank"] > 20 and healthy["dead_units"] < 0.5
+    last = agent.network[-2]  # the torso's last Linear: make units 0..191 dead, 192..255 copies of one direction
+    with torch.no_grad():
+        last.weight[:192], last.bias[:192] = 0.0, -1.0
+        last.weight[192:], last.bias[192:] = last.weight[192], 1.0 + torch.arange(64.0)
+    r = eg.representation(agent, frames, torch.device("cpu"))
+    assert r["dead_units"] == 0.75
+    # every live unit is w.x + 1 + k, so features span only {w.x, 1}: rank 2 at most
+    assert r["feature_rank"] <= 2
+    with torch.no_grad():
+        pre = agent.network[:-1](torch.as_tensor(frames.reshape(-1, 64, 64, 3)).permute(0, 3, 1, 2).float() / 255.0)
+    assert r["preactivation_norm"] == pytest.approx(pre.norm(dim=-1).mean().item(), rel=1e-5)
+    with torch.no_grad():
+        agent.actor.weight.zero_(), agent.actor.bias.zero_()
+    assert eg.representation(agent, frames, torch.device("cpu"))["entropy"] == pytest.approx(np.log(15), rel=1e-5)
