@@ -597,7 +597,8 @@ def markdown(data, opts):
         lines.append(f"\nRepresentation on the same {r0['frames']} frames: the penultimate layer's feature rank (of")
         lines.append(f"{r0['units']} units; srank, 99% of the singular values' sum), dead units (zero on every frame), mean")
         lines.append("pre-activation norm, and the policy's mean entropy (uniform: 2.71). Falling rank and growing norm")
-        lines.append("preceded PPO's collapses in Moalla et al. (2024):\n")
+        lines.append("preceded PPO's collapses in Moalla et al. (2024). The frames are each policy's own, so a collapsed")
+        lines.append("policy's less varied frames lower its rank too:\n")
         lines.append("| checkpoint | feature rank | dead units | pre-activation norm | entropy |\n|---|---|---|---|---|")
         lines += [
             f"| {n} | {r['feature_rank']} | {r['dead_units']:.1%} | {r['preactivation_norm']:.1f} | {r['entropy']:.3f} |"
