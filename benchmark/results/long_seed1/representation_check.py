@@ -31,7 +31,7 @@ common = frames_of(module, a, agent)
 print("| checkpoint | frames | feature rank | dead units | pre-activation norm | entropy |\n|---|---|---|---|---|---|")
 for path in sys.argv[1:]:
     module, a, _, agent, step = eg.load_agent(path, cpu)
-    name = f"{eg.short_name(os.path.basename(os.path.dirname(os.path.dirname(path))) + f'@{step}')}"
+    name = eg.short_name(f"{os.path.basename(os.path.dirname(os.path.dirname(path)))}@{step}")
     for label, frames in [("own", frames_of(module, a, agent)), ("common", common)]:
         r = eg.representation(agent, frames, cpu)
         print(
