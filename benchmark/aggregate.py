@@ -27,7 +27,7 @@ TARGETS = {"train": 8.0, "test": 6.5, "gap": 2.0, "gap_reduction": 0.5}  # the b
 # The brief's "learning stability: no catastrophic forgetting", measured on the training-episode curve as a fall that
 # lasts: how far the mean of a 65,536-step window and of the two after it (all three) stays below the best earlier
 # 262,144-step mean. In the gap tables of benchmark/results/{ablation,variants_1m,long_seed1} (this script on each):
-# <= 0.40 for every run that kept learning (runs of up to 1M steps), 0.60 on the default's long run to 10.5M; the
+# <= 0.40 for every run that kept learning (runs of up to 1M steps), 0.60 on the default's long run (long_seed1); the
 # collapsed flatten run 1.94, the no-BN long run that collapsed at 2.7M 6.04. (The earlier statistic, one window below
 # the best single window, grew with run length: 1.46 on that run at 5.1M, from one noisy window.)
 SUSTAIN, SMOOTH = 3, 4  # windows
