@@ -1,7 +1,9 @@
 #!/bin/bash
 # A short GPU session in one command (~9 min), for a lent machine reached by a single shell command:
-#   1. benchmark/speed.py on cuda: fp32, the defaults, the defaults + --compile, then the aug and nobn variants at the
-#      defaults (each in its own call with its own timeout, so a set that hangs or compiles too long loses only its row)
+#   0. the cuda-only tests (tests/test_speed_options.py -k cuda): if they fail, the learning run goes --no-cuda-graph
+#   1. benchmark/speed.py on cuda: SETS (fp32, the defaults without and with the CUDA graph, + --compile), then the aug
+#      and nobn variants at the defaults (each in its own call with its own timeout, so a set that hangs or compiles too
+#      long loses only its row)
 #   2. SCRIPT's default configuration learning on cuda (evaluations and checkpoints every 131072 steps) until END_S seconds
 #      after this script started, then stopped with SIGINT
 # Results go to $OUT (speed.md, machine.txt, run/). Run from the repo root. On a machine without internet, put
@@ -16,7 +18,7 @@ set -u
 export PYTHONUNBUFFERED=1
 : "${OUT:?set OUT to the folder for the results}"
 PY=${PY:-python3}; WHEELS=${WHEELS:-.whl}; DEVICE=${DEVICE:-cuda}; END_S=${END_S:-545}; SPEED_S=${SPEED_S:-75}; COMPILE_S=${COMPILE_S:-120}; FP32_S=${FP32_S:-100}
-SETS=${SETS-fp32 default default+compile}; VARIANTS=${VARIANTS-ppo_procgen_aug.py ppo_procgen_nobn.py}; SCRIPT=${SCRIPT:-ppo_procgen.py}
+SETS=${SETS-fp32 default_no_graph default default+compile}; VARIANTS=${VARIANTS-ppo_procgen_aug.py ppo_procgen_nobn.py}; SCRIPT=${SCRIPT:-ppo_procgen.py}
 if [ -z "${NO_INSTALL:-}" ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl || exit 1
   export PYTHONPATH=/tmp/site
@@ -28,6 +30,12 @@ if ! $PY -c "from procgen import ProcgenEnv; ProcgenEnv(num_envs=1, env_name='co
   ldd $($PY -c "import procgen, os; print(os.path.dirname(procgen.__file__))")/data/prebuilt/libenv.so | grep "not found"; exit 1
 fi
 mkdir -p "$OUT/run"
+LX=()  # the learning run's extra options
+if [ -z "${TINY:-}" ]; then
+  timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_speed_options.py -k cuda > "$OUT/tests.txt" 2>&1
+  [ $? = 0 ] || { echo "cuda tests failed: the learning run goes --no-cuda-graph" >> "$OUT/tests.txt"; LX=(--no-cuda-graph); }
+  tail -4 "$OUT/tests.txt"
+fi
 { nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null; nproc
   $PY -c "import torch, numpy, procgen; print('torch', torch.__version__, 'numpy', numpy.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tail -1; } | tee "$OUT/machine.txt"
 if [ -n "${TINY:-}" ]; then SP=(--iterations 2 --num-envs 4 --num-steps 32); EX=(--minibatch-size 64 --num-eval-episodes 3 --threads 1)
@@ -49,7 +57,7 @@ if [ -n "${RESUME:-}" ]; then  # continue a run brought along (its folder), e.g.
   L=(--resume $RUNS/run "${L[@]}")
   [ -n "${TINY:-}" ] && L+=(--total-timesteps 1024)
 else L+=(--runs-dir $RUNS); fi
-timeout -s INT $LEARN_S $PY $SCRIPT --device $DEVICE "${L[@]}" 2>&1 | grep -v -i "gym\|migration" > "$OUT/run/train.log"
+timeout -s INT $LEARN_S $PY $SCRIPT --device $DEVICE "${L[@]}" "${LX[@]}" 2>&1 | grep -v -i "gym\|migration" > "$OUT/run/train.log"
 tail -3 "$OUT/run/train.log"
 RUN=$(ls -d $RUNS/*/ | head -1)  # back as $OUT/run, laid out as a run folder (latest checkpoint only)
 cp "$RUN"/eval.jsonl "$RUN"/events.out.tfevents.* "$OUT/run/"

@@ -15,14 +15,16 @@ import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FP32 = ["--amp", "none", "--no-channels-last", "--no-compile"]
-DEFAULT = ["--amp", "bf16", "--channels-last", "--no-compile"]
-OPTION_SETS = {  # --retain-memory is on unless a set turns it off
+FP32 = ["--amp", "none", "--no-channels-last", "--no-compile", "--no-cuda-graph"]
+DEFAULT = ["--amp", "bf16", "--channels-last", "--no-compile", "--cuda-graph"]
+OPTION_SETS = {  # --retain-memory is on unless a set turns it off; --cuda-graph acts on cuda only
     "fp32": FP32,
     "fp32_no_retain": [*FP32, "--no-retain-memory"],
-    "channels_last": ["--amp", "none", "--channels-last", "--no-compile"],
+    "channels_last": ["--amp", "none", "--channels-last", "--no-compile", "--no-cuda-graph"],
     "default": DEFAULT,
     "default_no_retain": [*DEFAULT, "--no-retain-memory"],
+    "default_no_graph": ["--amp", "bf16", "--channels-last", "--no-compile", "--no-cuda-graph"],
+    "default+nondeterministic": [*DEFAULT, "--no-torch-deterministic"],
     "default+compile": ["--amp", "bf16", "--channels-last", "--compile"],
 }
 

@@ -76,3 +76,68 @@ def test_retain_memory_stops_page_faults_on_big_blocks():
     # The same memory reused: alone on a machine 0 faults; under load (the full suite) the kernel has been seen to
     # re-fault 4 of the 10 blocks, so the bar is "at most half", which a malloc that still unmaps fails by far.
     assert int(with_) < int(without) / 2
+
+
+class FixedLogits(torch.nn.Module):
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, x):
+        return self.logits.expand(len(x), -1), torch.zeros(len(x))
+
+
+def test_graph_policy_samples_the_policy_and_scores_its_action():
+    # Gumbel-max draws actions with the softmax's probabilities (the empirical frequencies of 40,000 draws)...
+    torch.manual_seed(0)
+    logits = torch.tensor([[2.0, 0.5, 0.0, -1.0, 1.0]])
+    action, logprob, entropy, _ = base.CudaGraphPolicy(FixedLogits(logits)).step(torch.zeros(40_000, 1))
+    frequencies = torch.bincount(action, minlength=5) / 40_000
+    assert (frequencies - torch.softmax(logits[0], -1)).abs().max() < 0.01
+    assert torch.allclose(logprob, torch.log_softmax(logits[0], -1)[action]) and entropy is None
+    # ...and on the real network its log-probability and value are get_action_and_value's for the same action
+    agent = base.Agent(15).eval()
+    x = random_obs(16, seed=5)
+    action, logprob, _, value = base.CudaGraphPolicy(agent).step(x)
+    _, logprob_ref, _, value_ref = agent.get_action_and_value(x, action)
+    assert torch.allclose(logprob, logprob_ref, atol=1e-5) and torch.allclose(value, value_ref)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need cuda")
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_cuda_graph_follows_the_updates(mode):
+    """The replayed graph computes the eager step's log-probabilities and values, also after optimizer steps and BN
+    refreshes (it reads weights and statistics in place), and a replay moves BN's running averages as one eager step
+    does (train mode; eval mode: not at all), so the capture and its warm-up leave them alone."""
+
+    def buffers():
+        return {k: v.clone() for k, v in agent.named_buffers()}
+
+    torch.manual_seed(0)
+    device = torch.device("cuda")
+    agent = base.Agent(15).to(device)
+    base.set_speed_options(agent, SimpleNamespace(channels_last=True, amp="bf16", compile=False, retain_memory=False), device)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3)
+    x = random_obs(64, seed=6).to(device)
+    with torch.inference_mode():
+        base.refresh_bn_stats(agent, x, 32)
+    policy, last_value = base.CudaGraphPolicy(agent), None
+    for round in range(3):
+        agent.train(mode == "train")
+        with torch.inference_mode():
+            start = buffers()
+            action, logprob, _, value = (t if t is None else t.clone() for t in policy(x))
+            after = buffers()
+            agent.load_state_dict(start, strict=False)
+            _, logprob_ref, _, value_ref = agent.get_action_and_value(x, action)
+            assert all(torch.allclose(after[k].double(), v.double(), atol=1e-6) for k, v in buffers().items())
+        assert torch.allclose(logprob, logprob_ref, atol=1e-3) and torch.allclose(value, value_ref, atol=1e-3)
+        assert last_value is None or (value - last_value).abs().max() > 1e-2  # the update below changed the outputs
+        last_value = value
+        agent.train()  # an update and a BN refresh, which the next replay must follow
+        logits, v = agent(x)
+        optimizer.zero_grad()
+        (v.pow(2).mean() - logits.log_softmax(-1)[:, 0].mean()).backward()
+        optimizer.step()
+        with torch.inference_mode():
+            base.refresh_bn_stats(agent, random_obs(64, seed=7 + round).to(device), 32)
