@@ -191,7 +191,6 @@ def make_env(env_id, num_envs, num_levels, start_level, distribution_mode, rand_
         start_level=start_level,
         distribution_mode=distribution_mode,
         rand_seed=rand_seed,
-        num_threads=min(os.cpu_count() or 4, 16),  # procgen steps its games on this many threads (same results)
     )
 
 
