@@ -1,4 +1,4 @@
-"""Benchmark helpers: the reference comparison reads the published curve correctly; the speed table and the GPU
+"""Benchmark helpers: the reference comparison reads the published curve correctly; the speed tables and the GPU
 session script run."""
 
 import json
@@ -96,6 +96,14 @@ def test_speed_table_has_a_row_per_option_set():
     assert rows[1][2] == "1.00x" and all(float(v.strip(" |")) > 0 for r in rows[1:] for v in r[3:-1])
     assert all(r[-1] == "- |" for r in rows[1:])  # no GPU memory on cpu
     assert "--no-retain-memory" in out and "--amp none --no-channels-last" in out  # the commands it ran
+
+
+def test_env_speed_times_each_thread_count():
+    out = run_script("benchmark/env_speed.py", "--num-envs", "4", "--steps", "20", "--threads", "1", "2").stdout
+    rows = [line.strip("| ").split(" | ") for line in out.splitlines() if line[:3] in ("| 1", "| 2")]
+    assert [r[0] for r in rows] == ["1", "2"] and all(float(v.replace(",", "")) > 0 for r in rows for v in r[2:])
+    proc = run_script("benchmark/env_speed.py", "--threads", "0", check=False)
+    assert proc.returncode != 0 and "must be positive" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_gpu_session_brings_back_a_resumable_run_folder(tmp_path):
