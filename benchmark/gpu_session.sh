@@ -1,12 +1,13 @@
 #!/bin/bash
 # A short GPU session in one command (~9 min), for a lent machine reached by a single shell command:
 #   0. the cuda-only tests (tests/test_speed_options.py -k cuda): if they fail, the learning run goes --no-cuda-graph
-#   1. benchmark/env_speed.py (procgen's stepping on 1, 4 and 16 threads), then benchmark/speed.py on cuda: SETS (fp32,
-#      the defaults without and with the CUDA graph, + --compile), then the aug and nobn variants at the defaults (each
-#      in its own call with its own timeout, so a set that hangs or compiles too long loses only its row)
-#   2. SCRIPT's default configuration learning on cuda (evaluations and checkpoints every 131072 steps) until END_S seconds
+#   1. host.md: procgen's stepping on 1, 4 and 16 threads (benchmark/env_speed.py) and a cProfile of 4 iterations
+#   2. benchmark/speed.py on cuda: SETS (fp32, the defaults without and with the CUDA graph, + --compile), then the aug
+#      and nobn variants at the defaults (each in its own call with its own timeout, so a set that hangs or compiles too
+#      long loses only its row)
+#   3. SCRIPT's default configuration learning on cuda (evaluations and checkpoints every 131072 steps) until END_S seconds
 #      after this script started, then stopped with SIGINT
-# Results go to $OUT (machine.txt, tests.txt, env_speed.md, speed.md, run/: 8 files, the device tool's limit). Run
+# Results go to $OUT (machine.txt, tests.txt, host.md, speed.md, run/: 8 files, the device tool's limit). Run
 # from the repo root. On a machine without internet, put cp312 wheels of procgen-mirror, gym3, gym, gym-notices, cffi,
 # pycparser, tyro, docstring-parser, shtab and typeguard in $WHEELS (default .whl), and the shared libraries procgen's
 # libenv.so needs (libGL.so.1, libGLX, libGLdispatch, glib, X11, xcb: `ldd .../procgen/data/prebuilt/libenv.so`) in
@@ -39,9 +40,17 @@ if [ -z "${TINY:-}" ]; then
 fi
 { nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null; nproc
   $PY -c "import torch, numpy, procgen; print('torch', torch.__version__, 'numpy', numpy.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tail -1; } | tee "$OUT/machine.txt"
-# where the env's time goes on this machine's cores: procgen's stepping by thread count (a few seconds)
-if [ -n "${TINY:-}" ]; then ES=(--num-envs 4 --steps 20 --threads 1 2); else ES=(--threads 1 4 16); fi
-timeout 60 $PY benchmark/env_speed.py "${ES[@]}" 2>&1 | grep -v -i "gym\|migration" | tee "$OUT/env_speed.md"
+# where the host's time goes: procgen's stepping by thread count (a few seconds), then SCRIPT's defaults for 4
+# iterations under cProfile (the functions with the most own time; waits for the GPU show as .cpu(), .item(), ...)
+if [ -n "${TINY:-}" ]; then ES=(--num-envs 4 --steps 20 --threads 1 2); P=(--num-envs 4 --num-steps 32 --minibatch-size 64 --num-eval-episodes 3 --threads 1 --total-timesteps 512)
+else ES=(--threads 1 4 16); P=(--total-timesteps 65536 --num-eval-episodes 20); fi
+timeout 60 $PY benchmark/env_speed.py "${ES[@]}" 2>&1 | grep -v -i "gym\|migration" | tee "$OUT/host.md"
+PROF=$(mktemp -d)
+timeout ${PROFILE_S:-90} $PY -m cProfile -o $PROF/prof.out $SCRIPT --device $DEVICE "${P[@]}" --eval-frequency 100000000 \
+  --checkpoint-frequency 100000000 --runs-dir $PROF > /dev/null 2>&1 &&
+  { echo; echo "cProfile of $SCRIPT ${P[*]} --device $DEVICE (whole run, start-up and step-0 evaluation included):"
+    $PY -c "import pstats, sys; pstats.Stats(sys.argv[1]).sort_stats('tottime').print_stats(25)" $PROF/prof.out | grep -v "^$" | tail -28
+  } >> "$OUT/host.md"
 if [ -n "${TINY:-}" ]; then SP=(--iterations 2 --num-envs 4 --num-steps 32); EX=(--minibatch-size 64 --num-eval-episodes 3 --threads 1)
 else SP=(--iterations 4 --num-steps 256); EX=(--num-eval-episodes 20); fi
 for set in $SETS; do  # one call each, so a set that hangs loses only its own row
