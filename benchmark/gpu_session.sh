@@ -42,7 +42,7 @@ fi
   $PY -c "import torch, numpy, procgen; print('torch', torch.__version__, 'numpy', numpy.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tail -1; } | tee "$OUT/machine.txt"
 # where the host's time goes: procgen's stepping by thread count (a few seconds), then SCRIPT's defaults for 4
 # iterations under cProfile (the functions with the most own time; waits for the GPU show as .cpu(), .item(), ...)
-if [ -n "${TINY:-}" ]; then ES=(--num-envs 4 --steps 20 --threads 1 2); P=(--num-envs 4 --num-steps 32 --minibatch-size 64 --num-eval-episodes 3 --threads 1 --total-timesteps 512)
+if [ -n "${TINY:-}" ]; then ES=(--num-envs 4 --steps 20 --threads 1 2); P=(--num-envs 4 --num-steps 32 --minibatch-size 64 --num-eval-episodes 3 --threads 1 --total-timesteps 128)
 else ES=(--threads 1 4 16); P=(--total-timesteps 65536 --num-eval-episodes 20); fi
 timeout 60 $PY benchmark/env_speed.py "${ES[@]}" 2>&1 | grep -v -i "gym\|migration" | tee "$OUT/host.md"
 PROF=$(mktemp -d)

@@ -117,6 +117,8 @@ def test_gpu_session_brings_back_a_resumable_run_folder(tmp_path):
     assert [json.loads(line)["global_step"] for line in (run / "eval.jsonl").read_text().splitlines()] == [0, 256, 512]
     assert os.listdir(run / "checkpoints") == ["step_0000000512.pt"] and list(run.glob("events.out.tfevents.*"))
     assert torch.load(run / "checkpoints" / "step_0000000512.pt", weights_only=False)["variant"] == "ppo_procgen_nobn"
+    host = (tmp_path / "out" / "host.md").read_text()  # procgen's stepping by thread count, then the profile
+    assert "| 2 |" in host and "cProfile of ppo_procgen_nobn.py" in host and "ppo_procgen_nobn.py" in host.split("tottime")[1]
     # the folder it brought back continues in a later session (TINY resumes to 1024 steps)
     proc = subprocess.run(["bash", script], capture_output=True, text=True, cwd=ROOT, timeout=600,
                           env={**env, "RESUME": str(run), "OUT": str(tmp_path / "out2")})  # fmt: skip
