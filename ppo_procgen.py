@@ -316,7 +316,7 @@ class Agent(nn.Module):
 
 
 class CudaGraphPolicy:
-    """The rollout's action step as one CUDA graph (--cuda-graph), captured on its first call in the agent's mode then.
+    """The rollout's action step as one CUDA graph (--cuda-graph), captured on its first call, in the agent's mode then.
     A batch of 64 frames is bound by launching the step's ~100 small kernels; a replay is one launch. The graph reads
     the weights and BN statistics in place, so it follows every update and BN refresh without being captured again."""
 
