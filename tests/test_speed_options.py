@@ -1,5 +1,5 @@
 """The speed options (channels-last, bf16 autocast, compile) compute what fp32 computes, within stated tolerances;
---retain-memory stops the page faults it is for."""
+--retain-memory stops the page faults it is for; the CUDA-graph rollout samples and scores as the eager step does."""
 
 import copy
 import os
