@@ -42,8 +42,9 @@ fi
   $PY -c "import torch, numpy, procgen; print('torch', torch.__version__, 'numpy', numpy.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tail -1; } | tee "$OUT/machine.txt"
 # where the host's time goes: procgen's stepping by thread count (a few seconds), then SCRIPT's defaults for 4
 # iterations under cProfile (the functions with the most own time; waits for the GPU show as .cpu(), .item(), ...)
-if [ -n "${TINY:-}" ]; then ES=(--num-envs 4 --steps 20 --threads 1 2); P=(--num-envs 4 --num-steps 32 --minibatch-size 64 --num-eval-episodes 3 --threads 1 --total-timesteps 128)
-else ES=(--threads 1 4 16); P=(--total-timesteps 65536 --num-eval-episodes 20); fi
+if [ -n "${TINY:-}" ]; then ES=(--num-envs 4 --steps 20 --threads 1 2); SP=(--iterations 2 --num-envs 4 --num-steps 32)
+  EX=(--minibatch-size 64 --num-eval-episodes 3 --threads 1); P=(--num-envs 4 --num-steps 32 "${EX[@]}" --total-timesteps 128)
+else ES=(--threads 1 4 16); SP=(--iterations 4 --num-steps 256); EX=(--num-eval-episodes 20); P=(--total-timesteps 65536 "${EX[@]}"); fi
 timeout 60 $PY benchmark/env_speed.py "${ES[@]}" 2>&1 | grep -v -i "gym\|migration" | tee "$OUT/host.md"
 PROF=$(mktemp -d)
 timeout ${PROFILE_S:-90} $PY -m cProfile -o $PROF/prof.out $SCRIPT --device $DEVICE "${P[@]}" --eval-frequency 100000000 \
@@ -51,8 +52,6 @@ timeout ${PROFILE_S:-90} $PY -m cProfile -o $PROF/prof.out $SCRIPT --device $DEV
   { echo; echo "cProfile of $SCRIPT ${P[*]} --device $DEVICE (whole run, start-up and step-0 evaluation included):"
     $PY -c "import pstats, sys; pstats.Stats(sys.argv[1]).sort_stats('tottime').print_stats(25)" $PROF/prof.out | grep -v "^$" | tail -28
   } >> "$OUT/host.md"
-if [ -n "${TINY:-}" ]; then SP=(--iterations 2 --num-envs 4 --num-steps 32); EX=(--minibatch-size 64 --num-eval-episodes 3 --threads 1)
-else SP=(--iterations 4 --num-steps 256); EX=(--num-eval-episodes 20); fi
 for set in $SETS; do  # one call each, so a set that hangs loses only its own row
   T=$SPEED_S; [ $set = fp32 ] && T=$FP32_S; [ $set = default+compile ] && T=$COMPILE_S
   timeout $T $PY benchmark/speed.py "${SP[@]}" --sets $set -- --device $DEVICE "${EX[@]}" 2>&1 | grep -v -i "gym\|migration" | tee -a "$OUT/speed.md"
