@@ -46,9 +46,9 @@ class Args:
     amp: Literal["none", "bf16", "fp16"] = "bf16"
     """autocast the network's forward passes (losses and optimizer stay fp32; fp16 uses a grad scaler)"""
     compile: bool = False
-    """torch.compile the network"""
+    """torch.compile the update's forward and backward passes (acting and evaluation stay eager or graphed)"""
     cuda_graph: bool = True
-    """replay the rollout's action step as one CUDA graph (cuda only, and not with --compile; elsewhere ignored)"""
+    """replay the rollout's action step as one CUDA graph (cuda only; elsewhere ignored)"""
     retain_memory: bool = sys.platform == "linux"
     """keep freed memory for reuse, not handing it back to the OS (Linux/glibc: 2.2x faster CPU update, 2x memory; README)"""
 
@@ -350,8 +350,8 @@ class Agent(nn.Module):
     def get_value(self, x):
         return self(x)[1]
 
-    def get_action_and_value(self, x, action=None):
-        logits, value = self(x)
+    def get_action_and_value(self, x, action=None, forward=None):
+        logits, value = (self if forward is None else forward)(x)  # forward: the update's compiled agent (--compile)
         probs = Categorical(logits=logits)
         if action is None:
             action = probs.sample()
@@ -404,7 +404,9 @@ def retain_freed_memory():
 
 
 def set_speed_options(agent, args, device):
-    """Apply --channels-last/--amp/--compile/--retain-memory, warning and running without an option that is missing."""
+    """Apply --channels-last/--amp/--retain-memory, warning and running without an option that is missing, and return
+    the update's forward pass (the agent compiled under --compile: one minibatch shape, so one compilation) and the
+    grad scaler."""
     if args.retain_memory and not retain_freed_memory():
         print("warning: --retain-memory needs glibc's malloc; running without it", file=sys.stderr)
     agent.channels_last = args.channels_last
@@ -417,9 +419,8 @@ def set_speed_options(agent, args, device):
     if amp == "fp16" and device.type == "cpu":
         print("warning: fp16 autocast is slow on CPU; consider --amp bf16", file=sys.stderr)
     agent.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-    if args.compile:
-        agent.compile()
-    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    forward = torch.compile(agent) if args.compile else agent
+    return forward, torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
 
 def memory_gib(device):
@@ -678,8 +679,8 @@ if __name__ == "__main__":
         "hyperparameters",
         "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
     )
-    scaler = set_speed_options(agent, args, device)
-    graphed = args.cuda_graph and device.type == "cuda" and not args.compile
+    forward, scaler = set_speed_options(agent, args, device)
+    graphed = args.cuda_graph and device.type == "cuda"
     act = CudaGraphPolicy(agent) if graphed else agent.get_action_and_value
 
     def save_checkpoint():
@@ -798,7 +799,7 @@ if __name__ == "__main__":
                 end = start + args.minibatch_size
                 mb_inds = b_inds[start:end]
 
-                _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds], b_actions[mb_inds])
+                _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds], b_actions[mb_inds], forward)
                 logratio = newlogprob - b_logprobs[mb_inds]
                 ratio = logratio.exp()
 

@@ -51,6 +51,29 @@ def test_fast_path_matches_fp32(arch, options, logit_atol, grad_cos):
     assert (grad.norm() / grad_ref.norm() - 1).abs() < 1 - grad_cos + 0.01
 
 
+
+def test_compile_compiles_the_update_only():
+    """--compile: set_speed_options returns a compiled agent for the update's forward and backward passes, which share
+    the agent's weights and match fp32 as the eager fast path does; the agent itself (acting, evaluation) stays eager."""
+    torch.manual_seed(0)
+    ref = base.Agent(15, "espeholt", (16, 32, 32), "gap")  # as test_fast_path_matches_fp32, with its tolerances
+    for p in ref.parameters():
+        if p.dim() == 2 and p.shape[0] in (1, 15):
+            torch.nn.init.normal_(p, std=0.05)
+    fast = copy.deepcopy(ref)
+    options = SimpleNamespace(channels_last=True, amp="bf16", compile=True, retain_memory=False)
+    forward, _ = base.set_speed_options(fast, options, torch.device("cpu"))
+    assert forward is not fast and fast._compiled_call_impl is None
+    x, actions = random_obs(64, seed=3), torch.randint(0, 15, (64,), generator=torch.Generator().manual_seed(4))
+    logits_ref, value_ref, grad_ref = loss_and_grads(ref, x, actions)
+    logits, value, grad = loss_and_grads(forward, x, actions)
+    assert (logits - logits_ref).abs().max() < 0.05 and (value - value_ref).abs().max() < 0.05
+    assert torch.nn.functional.cosine_similarity(grad, grad_ref, dim=0) > 0.99
+    assert torch.equal(grad, torch.cat([p.grad.flatten() for p in fast.parameters()]))  # the agent's own weights
+    _, logprob, _, value_fast = fast.get_action_and_value(x, actions, forward)
+    assert torch.allclose(value_fast, value, atol=1e-6)
+    assert fast._compiled_call_impl is None  # still eager after the compiled passes
+
 PAGE_FAULTS = """
 import resource, sys, torch
 sys.path.insert(0, sys.argv[1])
