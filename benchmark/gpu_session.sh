@@ -1,10 +1,11 @@
 #!/bin/bash
 # A short GPU session in one command (~9 min), for a lent machine reached by a single shell command:
 #   0. the cuda-only tests (tests/test_speed_options.py -k cuda): if they fail, the learning run goes --no-cuda-graph
-#   1. host.md: procgen's stepping on 1, 4 and 16 threads (benchmark/env_speed.py) and a cProfile of 4 iterations
-#   2. benchmark/speed.py on cuda: SETS (fp32, the defaults without and with the CUDA graph, + --compile), then the aug
-#      and nobn variants at the defaults (each in its own call with its own timeout, so a set that hangs or compiles too
-#      long loses only its row)
+#   1. host.md: procgen's stepping on 1, 4 and 16 threads (benchmark/env_speed.py), a cProfile of 4 iterations and
+#      their device time by operator (benchmark/kernel_profile.py)
+#   2. benchmark/speed.py on cuda: SETS (fp32, the defaults without and with the CUDA graph, + the compiled update),
+#      then the aug and nobn variants at the defaults (each in its own call with its own timeout, so a set that hangs or
+#      compiles too long loses only its row)
 #   3. SCRIPT's default configuration learning on cuda (evaluations and checkpoints every 131072 steps) until END_S seconds
 #      after this script started, then stopped with SIGINT
 # Results go to $OUT (machine.txt, tests.txt, host.md, speed.md, run/: 8 files, the device tool's limit). Run
@@ -52,6 +53,10 @@ timeout ${PROFILE_S:-90} $PY -m cProfile -o $PROF/prof.out $SCRIPT --device $DEV
   { echo; echo "cProfile of $SCRIPT ${P[*]} --device $DEVICE (whole run, start-up and step-0 evaluation included):"
     $PY -c "import pstats, sys; pstats.Stats(sys.argv[1]).sort_stats('tottime').print_stats(25)" $PROF/prof.out | grep -v "^$" | tail -28
   } >> "$OUT/host.md"
+# the device time by operator (torch.profiler) over the same run: which kernels the update's time is (not under TINY:
+# profiling an untrained step-0 evaluation on the CPU takes minutes)
+[ -z "${TINY:-}" ] && timeout ${KPROFILE_S:-120} $PY benchmark/kernel_profile.py --rows 30 $SCRIPT --device $DEVICE "${P[@]}" \
+  --eval-frequency 100000000 --checkpoint-frequency 100000000 --runs-dir $PROF 2>&1 | grep -A 40 "^torch.profiler of" >> "$OUT/host.md"
 for set in $SETS; do  # one call each, so a set that hangs loses only its own row
   T=$SPEED_S; [ $set = fp32 ] && T=$FP32_S; [ $set = default+compile ] && T=$COMPILE_S
   timeout $T $PY benchmark/speed.py "${SP[@]}" --sets $set -- --device $DEVICE "${EX[@]}" 2>&1 | grep -v -i "gym\|migration" | tee -a "$OUT/speed.md"

@@ -106,6 +106,16 @@ def test_env_speed_times_each_thread_count():
     assert proc.returncode != 0 and "must be positive" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_kernel_profile_lists_the_scripts_operators(tmp_path):
+    script = tmp_path / "work.py"  # a stand-in for a training script: its arguments reach it, its ops are profiled
+    script.write_text("import sys, torch\nfor _ in range(int(sys.argv[1])):\n    torch.mm(torch.eye(8), torch.eye(8))\n")
+    out = run_script("benchmark/kernel_profile.py", "--rows", "5", script, "7").stdout
+    assert "operators by self_cpu_time_total" in out and "Self CPU" in out
+    assert [line.split()[-1] for line in out.splitlines() if line.strip().startswith("aten::mm ")] == ["7"]  # calls
+    proc = run_script("benchmark/kernel_profile.py", tmp_path / "missing.py", check=False)
+    assert proc.returncode != 0 and "no script" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_gpu_session_brings_back_a_resumable_run_folder(tmp_path):
     script = os.path.join(ROOT, "benchmark", "gpu_session.sh")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PY": sys.executable, "NO_INSTALL": "1", "DEVICE": "cpu", "TINY": "1",

@@ -51,7 +51,6 @@ def test_fast_path_matches_fp32(arch, options, logit_atol, grad_cos):
     assert (grad.norm() / grad_ref.norm() - 1).abs() < 1 - grad_cos + 0.01
 
 
-
 def test_compile_compiles_the_update_only():
     """--compile: set_speed_options returns a compiled agent for the update's forward and backward passes, which share
     the agent's weights and match fp32 as the eager fast path does; the agent itself (acting, evaluation) stays eager."""
@@ -73,6 +72,7 @@ def test_compile_compiles_the_update_only():
     _, logprob, _, value_fast = fast.get_action_and_value(x, actions, forward)
     assert torch.allclose(value_fast, value, atol=1e-6)
     assert fast._compiled_call_impl is None  # still eager after the compiled passes
+
 
 PAGE_FAULTS = """
 import resource, sys, torch
