@@ -20,7 +20,7 @@
 set -u
 export PYTHONUNBUFFERED=1
 : "${OUT:?set OUT to the folder for the results}"
-PY=${PY:-python3}; WHEELS=${WHEELS:-.whl}; DEVICE=${DEVICE:-cuda}; END_S=${END_S:-545}; SPEED_S=${SPEED_S:-75}; COMPILE_S=${COMPILE_S:-120}; FP32_S=${FP32_S:-100}
+PY=${PY:-python3}; WHEELS=${WHEELS:-.whl}; DEVICE=${DEVICE:-cuda}; END_S=${END_S:-545}; SPEED_S=${SPEED_S:-75}; COMPILE_S=${COMPILE_S:-180}; FP32_S=${FP32_S:-100}
 SETS=${SETS-fp32 default_no_graph default default+compile}; VARIANTS=${VARIANTS-ppo_procgen_aug.py ppo_procgen_nobn.py}; SCRIPT=${SCRIPT:-ppo_procgen.py}
 if [ -z "${NO_INSTALL:-}" ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl || exit 1
