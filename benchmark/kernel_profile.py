@@ -1,7 +1,6 @@
 """Where a script's device time goes, operator by operator: runs SCRIPT with its arguments under torch.profiler and
-prints the operators with the most self time on the GPU (on a machine without one: on the CPU). Run a few iterations
-of a training script: on cuda its update's minibatches are the ops whose input shapes start with the minibatch size.
-Usage: python benchmark/kernel_profile.py [--rows 25] [--by-shape] SCRIPT [SCRIPT'S ARGUMENTS ...]
+prints the operators with the most self time on the GPU (on a machine without one: on the CPU), e.g. over a few
+iterations of a training script. Usage: python benchmark/kernel_profile.py [--rows 25] SCRIPT [SCRIPT'S ARGUMENTS ...]
 """
 
 import argparse
@@ -16,7 +15,6 @@ from torch.profiler import ProfilerActivity, profile
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=25, help="how many operators to list")
-    parser.add_argument("--by-shape", action="store_true", help="one row per operator and input shapes")
     parser.add_argument("script", help="the Python script to run, e.g. ppo_procgen.py")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
     args = parser.parse_args()
@@ -28,12 +26,11 @@ def main():
     sys.argv = [args.script, *args.args]
     sys.path.insert(0, os.path.dirname(os.path.abspath(args.script)))
     activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
-    with profile(activities=activities, record_shapes=args.by_shape) as prof:
+    with profile(activities=activities) as prof:
         runpy.run_path(args.script, run_name="__main__")
-    averages = prof.key_averages(group_by_input_shape=args.by_shape)
     sort_by = "self_device_time_total" if cuda else "self_cpu_time_total"
     print(f"\ntorch.profiler of {' '.join(sys.argv)}: operators by {sort_by}")
-    print(averages.table(sort_by=sort_by, row_limit=args.rows, max_name_column_width=60, max_shapes_column_width=60))
+    print(prof.key_averages().table(sort_by=sort_by, row_limit=args.rows, max_name_column_width=60))
 
 
 if __name__ == "__main__":
