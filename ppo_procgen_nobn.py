@@ -33,6 +33,8 @@ class Args:
     """where to train: auto picks cuda, then mps, then cpu"""
     threads: int = 0
     """torch intra-op threads (0: torch's default)"""
+    env_threads: int = 4
+    """procgen's stepping threads, for training and evaluation envs (4: procgen's default; results do not depend on it)"""
     runs_dir: str = "runs"
     """runs are written to {runs_dir}/{run_name}/"""
     resume: Optional[str] = None
@@ -130,6 +132,7 @@ RESUMABLE = {
     "total_timesteps",
     "device",
     "threads",
+    "env_threads",
     "checkpoint_frequency",
     "eval_frequency",
     "channels_last",
@@ -153,6 +156,8 @@ def check_args(args):
                  "checkpoint_frequency", "num_eval_episodes"]:  # fmt: skip
         if getattr(args, name) <= 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.env_threads <= 0:
+        fail(f"--env-threads must be positive, got {args.env_threads}")
     if args.num_levels < 0 or args.start_level < 0 or args.threads < 0:
         fail("--num-levels, --start-level and --threads must be >= 0")
     if not (args.learning_rate > 0 and 0 < args.gamma <= 1 and 0 <= args.gae_lambda <= 1 and args.clip_coef > 0):
@@ -181,7 +186,7 @@ def derive_seed(*keys):
     return int(np.random.SeedSequence(list(keys)).generate_state(1)[0] % 2**31)
 
 
-def make_env(env_id, num_envs, num_levels, start_level, distribution_mode, rand_seed):
+def make_env(env_id, num_envs, num_levels, start_level, distribution_mode, rand_seed, num_threads=4):
     from procgen import ProcgenEnv  # a gym3-backed vector env with the old 4-tuple step API
 
     return ProcgenEnv(
@@ -191,6 +196,7 @@ def make_env(env_id, num_envs, num_levels, start_level, distribution_mode, rand_
         start_level=start_level,
         distribution_mode=distribution_mode,
         rand_seed=rand_seed,
+        num_threads=num_threads,
     )
 
 
@@ -545,7 +551,7 @@ if __name__ == "__main__":
     device = get_device(args.device)
     try:
         envs = make_env(args.env_id, args.num_envs, args.num_levels, args.start_level, args.distribution_mode,
-                        derive_seed(args.seed, 0))  # fmt: skip
+                        derive_seed(args.seed, 0), args.env_threads)  # fmt: skip
     except Exception as e:  # e.g. a distribution mode the game does not have
         fail(f"cannot make {args.env_id} ({args.distribution_mode}): {e}")
 
@@ -628,7 +634,8 @@ if __name__ == "__main__":
         row = {"global_step": global_step}
         for split, num_levels, start_level in [("train", args.num_levels, args.start_level), ("test", 0, 0)]:
             seed = derive_seed(args.seed, 1 if split == "train" else 2, global_step)  # same levels when resumed
-            eval_envs = make_env(args.env_id, args.num_eval_episodes, num_levels, start_level, args.distribution_mode, seed)
+            eval_envs = make_env(args.env_id, args.num_eval_episodes, num_levels, start_level, args.distribution_mode, seed,
+                                 args.env_threads)  # fmt: skip
             generator = torch.Generator(device).manual_seed(seed)
             ret, length, completed, _ = evaluate(agent, eval_envs, generator, args.eval_greedy)
             eval_envs.close()

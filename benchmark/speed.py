@@ -26,6 +26,8 @@ OPTION_SETS = {  # --retain-memory is on unless a set turns it off; --cuda-graph
     "default_no_graph": ["--amp", "bf16", "--channels-last", "--no-compile", "--no-cuda-graph"],
     "default+nondeterministic": [*DEFAULT, "--no-torch-deterministic"],
     "default+compile": ["--amp", "bf16", "--channels-last", "--compile"],
+    "default+env16": [*DEFAULT, "--env-threads", "16"],  # procgen on 16 threads (the GPU machines' cores)
+    "default+env16+compile": ["--amp", "bf16", "--channels-last", "--compile", "--env-threads", "16"],
 }
 
 

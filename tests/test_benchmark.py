@@ -98,6 +98,23 @@ def test_speed_table_has_a_row_per_option_set():
     assert "--no-retain-memory" in out and "--amp none --no-channels-last" in out  # the commands it ran
 
 
+def test_every_speed_option_set_is_valid_for_each_script():
+    import importlib
+
+    import tyro
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmark"))
+    import speed
+
+    assert {"fp32", "default", "default+env16+compile"} <= set(speed.OPTION_SETS)
+    for script in ["ppo_procgen", "ppo_procgen_aug", "ppo_procgen_nobn"]:
+        module = importlib.import_module(script)
+        for flags in speed.OPTION_SETS.values():
+            module.check_args(tyro.cli(module.Args, args=flags))  # a misspelt flag exits here, naming it
+    args = tyro.cli(module.Args, args=speed.OPTION_SETS["default+env16+compile"])
+    assert (args.env_threads, args.compile, args.amp, args.channels_last) == (16, True, "bf16", True)
+
+
 def test_env_speed_times_each_thread_count():
     out = run_script("benchmark/env_speed.py", "--num-envs", "4", "--steps", "20", "--threads", "1", "2").stdout
     rows = [line.strip("| ").split(" | ") for line in out.splitlines() if line[:3] in ("| 1", "| 2")]

@@ -136,10 +136,11 @@ def test_resume_refuses_another_setup_or_nothing_to_do(tiny_run, flags, message)
 
 def test_resume_takes_a_flag_given_at_its_default_value(tiny_run, monkeypatch):
     # The run was trained to 384 steps with evaluations every 256; 25M and 500k are Args' defaults.
-    cli = ["--resume", tiny_run[0], "--total-timesteps", "25000000", "--eval-frequency", "500000", "--threads", "2"]
+    cli = ["--resume", tiny_run[0], "--total-timesteps", "25000000", "--eval-frequency", "500000", "--threads", "2",
+           "--env-threads", "3"]  # fmt: skip
     monkeypatch.setattr(sys, "argv", ["ppo_procgen.py", *cli])
     args, ckpt = base.resume_args(base.latest_checkpoint(tiny_run[0]))
-    assert (args.total_timesteps, args.eval_frequency, args.threads) == (25_000_000, 500_000, 2)
+    assert (args.total_timesteps, args.eval_frequency, args.threads, args.env_threads) == (25_000_000, 500_000, 2, 3)
     assert (args.num_envs, args.num_steps, args.checkpoint_frequency) == (4, 32, 256)  # the rest is the checkpoint's
     assert args.resume.endswith("step_0000000384.pt") and ckpt["global_step"] == 384
 
@@ -150,6 +151,7 @@ def test_resume_takes_a_flag_given_at_its_default_value(tiny_run, monkeypatch):
         (["--minibatch-size", "100"], "not divisible"),
         (["--num-envs", "0"], "must be positive"),
         (["--total-timesteps", "-5"], "must be positive"),
+        (["--env-threads", "0"], "--env-threads must be positive"),
         (["--env-id", "nosuchgame"], "unknown --env-id"),
         (["--device", "cuda"], "not available"),
         (["--arch", "resnet"], "invalid choice"),
@@ -272,6 +274,23 @@ def test_train_and_test_levels_are_separate():
     _, _, _, test_levels = base.evaluate(agent, test_envs, gen)
     assert ((0 <= train_levels) & (train_levels < 200)).all()
     assert (test_levels >= 200).all() and len(set(test_levels)) == 16
+
+
+def test_procgen_thread_count_does_not_change_the_games():
+    # --env-threads is a speed option: the same seed and actions must give the same frames, rewards and dones.
+    actions = np.random.default_rng(0).integers(0, 15, (300, 12))
+    runs = []
+    for threads in [1, 3]:
+        envs = base.make_env("coinrun", 12, 200, 0, "easy", 123, threads)
+        assert envs.env.options["num_threads"] == threads
+        frames = [envs.reset()["rgb"]]
+        for action in actions:
+            obs, reward, done, _ = envs.step(action)
+            frames += [obs["rgb"], reward, done]
+        envs.close()
+        runs.append(frames)
+    assert sum(bool(d.any()) for d in runs[0][3::3]) > 0  # episodes ended within the 300 steps
+    assert all(np.array_equal(a, b) for a, b in zip(*runs))
 
 
 @pytest.mark.parametrize(
