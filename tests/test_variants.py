@@ -34,6 +34,12 @@ def test_variant_differs_from_base_only_where_the_variant_differs(variant):
     assert not drift, "lines drifted (fix a shared line in all three scripts):\n" + "\n\n".join(drift)
 
 
+def test_readme_states_each_scripts_size():
+    sizes = " / ".join(str(len(lines(name))) for name in ["ppo_procgen.py", "ppo_procgen_aug.py", "ppo_procgen_nobn.py"])
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    assert f"Sizes: {sizes} lines." in readme, f"README.md should say 'Sizes: {sizes} lines.'"
+
+
 def coordinates(n):
     """Frames whose pixels say where they are: channel 0 = row, channel 1 = column, channel 2 = frame index."""
     rows, cols = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
