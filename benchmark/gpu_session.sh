@@ -13,7 +13,8 @@
 # from the repo root. On a machine without internet, put cp312 wheels of procgen-mirror, gym3, gym, gym-notices, cffi,
 # pycparser, tyro, docstring-parser, shtab and typeguard in $WHEELS (default .whl), and the shared libraries procgen's
 # libenv.so needs (libGL.so.1, libGLX, libGLdispatch, glib, X11, xcb: `ldd .../procgen/data/prebuilt/libenv.so`) in
-# $WHEELS/lib; only those the machine lacks are used. With everything installed: NO_INSTALL=1. Made
+# $WHEELS/lib; only those the machine lacks are used (`bash benchmark/gpu_wheels.sh` makes both, where pip reaches an
+# index). With everything installed: NO_INSTALL=1. Made
 # benchmark/results/gpu_h100/ (END_S=560, an H100) and gpu_h200/ (END_S=540, an H200).
 # SETS and VARIANTS choose the speed rows (empty: none); SCRIPT is the learning run's (default ppo_procgen.py);
 # RESUME=RUN_FOLDER continues that run (made by SCRIPT) instead of a new one.
