@@ -14,7 +14,7 @@ train: $(VENV)/installed  ## the main job: the default configuration, seed 1 (25
 	$(PY) ppo_procgen.py --seed 1
 
 test: $(VENV)/installed lint  ## lint + the whole test suite (tiny settings, ~11 min on 2 CPU cores)
-	$(PY) -m pytest -q -p no:cacheprovider --durations=5
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --durations=5
 
 lint: $(VENV)/installed
 	$(VENV)/bin/ruff check .

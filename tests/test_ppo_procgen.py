@@ -267,7 +267,7 @@ def test_refreshing_bn_statistics_makes_eval_mode_match_batch_statistics():
 
 def test_train_and_test_levels_are_separate():
     gen = torch.Generator().manual_seed(0)
-    agent = base.Agent(15)
+    agent = base.Agent(15, "nature")  # the smallest network: untrained episodes run to the 1000-step timeout
     train_envs = base.make_env("coinrun", 16, 200, 0, "easy", base.derive_seed(1, 1, 0))
     test_envs = base.make_env("coinrun", 16, 0, 0, "easy", base.derive_seed(1, 2, 0))
     _, _, _, train_levels = base.evaluate(agent, train_envs, gen)
