@@ -169,11 +169,9 @@ def check_args(args):
     if args.env_id not in ENV_NAMES:
         fail(f"unknown --env-id {args.env_id!r}; Procgen games: {', '.join(sorted(ENV_NAMES))}")
     for name in ["total_timesteps", "num_envs", "num_steps", "minibatch_size", "update_epochs", "eval_frequency",
-                 "checkpoint_frequency", "num_eval_episodes"]:  # fmt: skip
+                 "checkpoint_frequency", "num_eval_episodes", "env_threads"]:  # fmt: skip
         if getattr(args, name) <= 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.env_threads <= 0:
-        fail(f"--env-threads must be positive, got {args.env_threads}")
     if args.num_levels < 0 or args.start_level < 0 or args.threads < 0:
         fail("--num-levels, --start-level and --threads must be >= 0")
     if not (args.learning_rate > 0 and 0 < args.gamma <= 1 and 0 <= args.gae_lambda <= 1 and args.clip_coef > 0):
