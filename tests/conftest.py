@@ -16,14 +16,15 @@ sys.path.insert(0, ROOT)
 TINY = ["--num-envs", "4", "--num-steps", "32", "--minibatch-size", "64", "--num-eval-episodes", "3", "--threads", "1"]
 
 
-def run_script(script, *args, check=True, timeout=600):
-    """Run a project script in a subprocess, as a user would."""
+def run_script(script, *args, check=True, timeout=600, cwd=None):
+    """Run a project script (or, given an absolute path, a copy of one) in a subprocess, as a user would."""
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, script), *map(str, args)],
         capture_output=True,
         text=True,
         timeout=timeout,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=cwd,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")

@@ -3,6 +3,7 @@
 import difflib
 import os
 import re
+import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -100,8 +101,15 @@ def test_nobn_network_has_no_batchnorm():
 
 @pytest.mark.parametrize("script", ["ppo_procgen_aug.py", "ppo_procgen_nobn.py"])
 def test_variant_smoke_run_and_checkpoint_refused_by_another_variant(script, tmp_path):
-    run_script(script, *TINY, "--total-timesteps", "256", "--eval-frequency", "256", "--runs-dir", tmp_path)
-    (run_dir,) = run_dirs(tmp_path)
+    # Run from a copy of the script alone in an empty folder, as a user who copies one file into their project would:
+    # it needs nothing else from this repo and writes its runs to ./runs/ there.
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(os.path.join(ROOT, script), project)
+    run_script(project / script, *TINY, "--total-timesteps", "256", "--eval-frequency", "256", cwd=project)
+    assert sorted(os.listdir(project)) == [script, "runs"]
+    (run_dir,) = run_dirs(project / "runs")
+    assert os.path.basename(run_dir).startswith(f"coinrun__{script[:-3]}__1__")
     assert [r["global_step"] for r in read_eval(run_dir)] == [0, 256]
     proc = run_script("ppo_procgen.py", "--resume", run_dir, check=False)
     assert proc.returncode != 0 and f"written by {script}" in proc.stderr and "Traceback" not in proc.stderr
