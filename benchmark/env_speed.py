@@ -1,6 +1,9 @@
 """Where a rollout's env time goes: procgen's stepping (gym3 `act` returns at once, `observe` waits for the stepping
-threads) against gym3's per-step Python (`get_info`, 64 dicts), for several procgen thread counts. CPU only, no torch.
-Usage: python benchmark/env_speed.py [--num-envs 64] [--steps 400] [--threads 1 2 4]
+threads) against gym3's per-step Python (`get_info`, 64 dicts), for several procgen thread counts, and what copying
+each step's frames into a torch buffer does to it (`--copy`: none; torch, the `copy_` the scripts used to fill their
+pinned buffer, run on torch's CPU threads (`torch.get_num_threads()`: as many as the cores unless OMP_NUM_THREADS says
+otherwise), which then spin-wait while procgen steps; numpy, one thread, what the scripts do now). No GPU involved.
+Usage: python benchmark/env_speed.py [--num-envs 64] [--steps 400] [--threads 1 2 4] [--copy none torch numpy]
 """
 
 import argparse
@@ -14,29 +17,42 @@ def main():
     parser.add_argument("--num-envs", type=int, default=64)
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--copy", nargs="+", choices=["none", "torch", "numpy"], default=["none"])
     args = parser.parse_args()
     if args.num_envs <= 0 or args.steps <= 0 or min(args.threads) <= 0:
         parser.error("--num-envs, --steps and --threads must be positive")
+    import torch
     from procgen import ProcgenGym3Env
 
-    print(f"| procgen threads | act (ms/step) | observe (ms/step) | get_info (ms/step) | {args.num_envs}-env steps/s |")
-    print("|---|---|---|---|---|")
+    print(f"torch CPU threads: {torch.get_num_threads()}\n")
+    print(f"| procgen threads | copy | act (ms/step) | observe (ms/step) | get_info (ms/step) | copy (ms/step) "
+          f"| {args.num_envs}-env steps/s |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    buffer = torch.empty((args.num_envs, 64, 64, 3), dtype=torch.uint8)
     for threads in args.threads:
-        env = ProcgenGym3Env(num=args.num_envs, env_name="coinrun", num_levels=200, distribution_mode="easy",
-                             rand_seed=1, num_threads=threads)  # fmt: skip
-        actions = np.random.default_rng(0).integers(0, 15, (args.steps + 100, args.num_envs)).astype(np.int32)
-        seconds = np.zeros(3)
-        for k, action in enumerate(actions):
-            t0 = time.perf_counter()
-            env.act(action)
-            t1 = time.perf_counter()
-            env.observe()
-            t2 = time.perf_counter()
-            env.get_info()
-            if k >= 100:  # the first 100 steps are warm-up
-                seconds += [t1 - t0, t2 - t1, time.perf_counter() - t2]
-        ms = 1e3 * seconds / args.steps
-        print(f"| {threads} | {ms[0]:.3f} | {ms[1]:.3f} | {ms[2]:.3f} | {args.num_envs * args.steps / seconds.sum():,.0f} |")
+        for copy in args.copy:
+            env = ProcgenGym3Env(num=args.num_envs, env_name="coinrun", num_levels=200, distribution_mode="easy",
+                                 rand_seed=1, num_threads=threads)  # fmt: skip
+            actions = np.random.default_rng(0).integers(0, 15, (args.steps + 100, args.num_envs)).astype(np.int32)
+            seconds = np.zeros(4)
+            for k, action in enumerate(actions):
+                t0 = time.perf_counter()
+                env.act(action)
+                t1 = time.perf_counter()
+                _, obs, _ = env.observe()
+                t2 = time.perf_counter()
+                env.get_info()
+                t3 = time.perf_counter()
+                if copy == "torch":
+                    buffer.copy_(torch.from_numpy(obs["rgb"]))
+                elif copy == "numpy":
+                    np.copyto(buffer.numpy(), obs["rgb"])
+                if k >= 100:  # the first 100 steps are warm-up
+                    seconds += [t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3]
+            env.close()
+            ms = 1e3 * seconds / args.steps
+            print(f"| {threads} | {copy} | {ms[0]:.3f} | {ms[1]:.3f} | {ms[2]:.3f} | {ms[3]:.3f} "
+                  f"| {args.num_envs * args.steps / seconds.sum():,.0f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 #!/bin/bash
 # A short GPU session in one command (~9 min), for a lent machine reached by a single shell command:
 #   0. the cuda-only tests (tests/test_speed_options.py -k cuda): if they fail, the learning run goes --no-cuda-graph
-#   1. host.md: procgen's stepping on 1, 4 and 16 threads (benchmark/env_speed.py), a cProfile of 4 iterations and
+#   1. host.md: procgen's stepping on 1, 4 and 16 threads, alone and with each step's frames copied by torch (which
+#      spins torch's CPU threads) or numpy (benchmark/env_speed.py), a cProfile of 4 iterations and
 #      their device time by operator (benchmark/kernel_profile.py)
 #   2. benchmark/speed.py on cuda: SETS (the defaults, then with procgen on 16 threads and the compiled update: the
 #      split shows each one's effect), then VARIANTS at the defaults (each in its own call with its own timeout, so a
@@ -47,7 +48,7 @@ fi
 # iterations under cProfile (the functions with the most own time; waits for the GPU show as .cpu(), .item(), ...)
 if [ -n "${TINY:-}" ]; then ES=(--num-envs 4 --steps 20 --threads 1 2); SP=(--iterations 2 --num-envs 4 --num-steps 32)
   EX=(--minibatch-size 64 --num-eval-episodes 3 --threads 1); P=(--num-envs 4 --num-steps 32 "${EX[@]}" --total-timesteps 128)
-else ES=(--threads 1 4 16); SP=(--iterations 4 --num-steps 256); EX=(--num-eval-episodes 20); P=(--total-timesteps 65536 "${EX[@]}"); fi
+else ES=(--threads 1 4 16 --copy none torch numpy); SP=(--iterations 4 --num-steps 256); EX=(--num-eval-episodes 20); P=(--total-timesteps 65536 "${EX[@]}"); fi
 timeout 60 $PY benchmark/env_speed.py "${ES[@]}" 2>&1 | grep -v -i "gym\|migration" | tee "$OUT/host.md"
 PROF=$(mktemp -d)
 timeout ${PROFILE_S:-90} $PY -m cProfile -o $PROF/prof.out $SCRIPT --device $DEVICE "${P[@]}" --eval-frequency 100000000 \

@@ -115,12 +115,15 @@ def test_every_speed_option_set_is_valid_for_each_script():
     assert (args.env_threads, args.compile, args.amp, args.channels_last) == (16, True, "bf16", True)
 
 
-def test_env_speed_times_each_thread_count():
-    out = run_script("benchmark/env_speed.py", "--num-envs", "4", "--steps", "20", "--threads", "1", "2").stdout
+def test_env_speed_times_each_thread_count_and_copy():
+    args = ["--num-envs", "4", "--steps", "20", "--threads", "1", "2", "--copy", "none", "torch"]
+    out = run_script("benchmark/env_speed.py", *args).stdout
     rows = [line.strip("| ").split(" | ") for line in out.splitlines() if line[:3] in ("| 1", "| 2")]
-    assert [r[0] for r in rows] == ["1", "2"] and all(float(v.replace(",", "")) > 0 for r in rows for v in r[2:])
-    proc = run_script("benchmark/env_speed.py", "--threads", "0", check=False)
-    assert proc.returncode != 0 and "must be positive" in proc.stderr and "Traceback" not in proc.stderr
+    assert [r[:2] for r in rows] == [["1", "none"], ["1", "torch"], ["2", "none"], ["2", "torch"]]
+    assert all(float(v) >= 0 for r in rows for v in r[2:6]) and all(float(r[6].replace(",", "")) > 0 for r in rows)
+    for bad, message in [(["--threads", "0"], "must be positive"), (["--copy", "cupy"], "invalid choice")]:
+        proc = run_script("benchmark/env_speed.py", *bad, check=False)
+        assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_kernel_profile_lists_the_scripts_operators(tmp_path):
