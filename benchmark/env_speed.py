@@ -1,8 +1,7 @@
 """Where a rollout's env time goes: procgen's stepping (gym3 `act` returns at once, `observe` waits for the stepping
-threads) against gym3's per-step Python (`get_info`, 64 dicts), for several procgen thread counts, and what copying
-each step's frames into a torch buffer does to it (`--copy`: none; torch, the `copy_` the scripts used to fill their
-pinned buffer, run on torch's CPU threads (`torch.get_num_threads()`: as many as the cores unless OMP_NUM_THREADS says
-otherwise), which then spin-wait while procgen steps; numpy, one thread, what the scripts do now). No GPU involved.
+threads) against gym3's per-step Python (`get_info`, 64 dicts), for several procgen thread counts. `--copy` adds a
+per-step copy of the frames into a torch buffer: `torch` (`copy_`, on torch's CPU threads, which spin-wait afterwards
+while procgen steps; what the scripts did until 2026-11-28) or `numpy` (`np.copyto`, one thread; what they do now).
 Usage: python benchmark/env_speed.py [--num-envs 64] [--steps 400] [--threads 1 2 4] [--copy none torch numpy]
 """
 
