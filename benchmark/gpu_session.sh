@@ -3,7 +3,7 @@
 #   0. the cuda-only tests (tests/test_speed_options.py -k cuda): if they fail, the learning run goes --no-cuda-graph
 #   1. host.md: procgen's stepping on 1, 4 and 16 threads, alone and with each step's frames copied by torch (which
 #      spins torch's CPU threads) or numpy (benchmark/env_speed.py), a cProfile of 4 iterations and
-#      their device time by operator (benchmark/kernel_profile.py)
+#      their device time by operator (benchmark/kernel_profile.py; with RESUME, 2 iterations of that run)
 #   2. benchmark/speed.py on cuda: SETS (the defaults, then with procgen on 16 threads and the compiled update: the
 #      split shows each one's effect), then VARIANTS at the defaults (each in its own call with its own timeout, so a
 #      set that hangs or compiles too long loses only its row; fp32, the graph and the variants were measured on the
@@ -25,6 +25,8 @@ export PYTHONUNBUFFERED=1
 : "${OUT:?set OUT to the folder for the results}"
 PY=${PY:-python3}; WHEELS=${WHEELS:-.whl}; DEVICE=${DEVICE:-cuda}; END_S=${END_S:-545}; SPEED_S=${SPEED_S:-75}; COMPILE_S=${COMPILE_S:-180}; FP32_S=${FP32_S:-100}
 SETS=${SETS-default default+env16+compile}; VARIANTS=${VARIANTS-}; SCRIPT=${SCRIPT:-ppo_procgen.py}
+[ -z "${RESUME:-}" ] || ls "$RESUME"/checkpoints/*.pt > /dev/null 2>&1 ||
+  { echo "gpu_session.sh: cannot copy RESUME=$RESUME: no checkpoints/*.pt in it" >&2; exit 1; }
 if [ -z "${NO_INSTALL:-}" ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl || exit 1
   export PYTHONPATH=/tmp/site
@@ -46,9 +48,10 @@ fi
   $PY -c "import torch, numpy, procgen; print('torch', torch.__version__, 'numpy', numpy.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tail -1; } | tee "$OUT/machine.txt"
 # where the host's time goes: procgen's stepping by thread count (a few seconds), then SCRIPT's defaults for 4
 # iterations under cProfile (the functions with the most own time; waits for the GPU show as .cpu(), .item(), ...)
-if [ -n "${TINY:-}" ]; then ES=(--num-envs 4 --steps 20 --threads 1 2); SP=(--iterations 2 --num-envs 4 --num-steps 32)
+if [ -n "${TINY:-}" ]; then BATCH=128; ES=(--num-envs 4 --steps 20 --threads 1 2); SP=(--iterations 2 --num-envs 4 --num-steps 32)
   EX=(--minibatch-size 64 --num-eval-episodes 3 --threads 1); P=(--num-envs 4 --num-steps 32 "${EX[@]}" --total-timesteps 128)
-else ES=(--threads 1 4 16 --copy none torch numpy); SP=(--iterations 4 --num-steps 256); EX=(--num-eval-episodes 20); P=(--total-timesteps 65536 "${EX[@]}"); fi
+else BATCH=16384; ES=(--threads 1 4 16 --copy none torch numpy); SP=(--iterations 4 --num-steps 256)
+  EX=(--num-eval-episodes 20); P=(--total-timesteps 65536 "${EX[@]}"); fi
 timeout 60 $PY benchmark/env_speed.py "${ES[@]}" 2>&1 | grep -v -i "gym\|migration" | tee "$OUT/host.md"
 PROF=$(mktemp -d)
 timeout ${PROFILE_S:-90} $PY -m cProfile -o $PROF/prof.out $SCRIPT --device $DEVICE "${P[@]}" --eval-frequency 100000000 \
@@ -56,10 +59,16 @@ timeout ${PROFILE_S:-90} $PY -m cProfile -o $PROF/prof.out $SCRIPT --device $DEV
   { echo; echo "cProfile of $SCRIPT ${P[*]} --device $DEVICE (whole run, start-up and step-0 evaluation included):"
     $PY -c "import pstats, sys; pstats.Stats(sys.argv[1]).sort_stats('tottime').print_stats(25)" $PROF/prof.out | grep -v "^$" | tail -28
   } >> "$OUT/host.md"
-# the device time by operator (torch.profiler) over the same run: which kernels the update's time is (not under TINY:
-# profiling an untrained step-0 evaluation on the CPU takes minutes)
-[ -z "${TINY:-}" ] && timeout ${KPROFILE_S:-120} $PY benchmark/kernel_profile.py --rows 30 $SCRIPT --device $DEVICE "${P[@]}" \
-  --eval-frequency 100000000 --checkpoint-frequency 100000000 --runs-dir $PROF 2>&1 | grep -A 40 "^torch.profiler of" >> "$OUT/host.md"
+# the device time by operator (torch.profiler): which kernels the update's time is. With RESUME, over 2 iterations of
+# that run (trained: no 1000-step untrained evaluation among the events, whose table alone outlasted 120 s on the
+# H200); else over the same run as the cProfile, not under TINY (profiling an untrained evaluation on a CPU takes
+# minutes)
+if [ -n "${RESUME:-}" ]; then
+  cp -r "$RESUME" $PROF/kp_run; S=$(basename "$(ls $PROF/kp_run/checkpoints/*.pt | tail -1)" .pt); S=$((10#${S#step_}))
+  KP=(--resume $PROF/kp_run --total-timesteps $((S + 2 * BATCH)))
+elif [ -z "${TINY:-}" ]; then KP=("${P[@]}" --runs-dir $PROF); else KP=(); fi
+[ ${#KP[@]} -gt 0 ] && timeout ${KPROFILE_S:-150} $PY benchmark/kernel_profile.py --rows 30 $SCRIPT --device $DEVICE "${KP[@]}" \
+  --eval-frequency 100000000 --checkpoint-frequency 100000000 2>&1 | grep -A 40 "^torch.profiler of" >> "$OUT/host.md"
 for set in $SETS; do  # one call each, so a set that hangs loses only its own row
   T=$SPEED_S; [ $set = fp32 ] && T=$FP32_S; [[ $set = *compile ]] && T=$COMPILE_S
   timeout $T $PY benchmark/speed.py "${SP[@]}" --sets $set -- --device $DEVICE "${EX[@]}" 2>&1 | grep -v -i "gym\|migration" | tee -a "$OUT/speed.md"

@@ -156,6 +156,9 @@ def test_gpu_session_brings_back_a_resumable_run_folder(tmp_path):
     rows = (tmp_path / "out2" / "run" / "eval.jsonl").read_text().splitlines()
     assert [json.loads(line)["global_step"] for line in rows] == [0, 256, 512, 768, 1024]
     assert os.listdir(tmp_path / "out2" / "run" / "checkpoints") == ["step_0000001024.pt"]
+    # with RESUME, the operator table profiles 2 iterations of that run (no untrained step-0 evaluation in it)
+    host = (tmp_path / "out2" / "host.md").read_text().split("torch.profiler of ")[1]
+    assert "--resume" in host and "--total-timesteps 768" in host and "aten::" in host
     proc = subprocess.run(["bash", script], capture_output=True, text=True, env={**env, "RESUME": "/nonexistent"}, cwd=ROOT)
     assert proc.returncode != 0 and "cannot copy RESUME=/nonexistent" in proc.stderr
     env.pop("OUT")
