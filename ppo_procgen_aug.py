@@ -363,12 +363,13 @@ class Agent(nn.Module):
 
 
 class CudaGraphPolicy:
-    """The rollout's action step as one CUDA graph (--cuda-graph), captured on its first call, in the agent's mode then.
-    A batch of 64 frames is bound by launching the step's ~100 small kernels; a replay is one launch. The graph reads
-    the weights and BN statistics in place, so it follows every update and BN refresh without being captured again."""
+    """The rollout's action step (sample=False: the network's forward pass, for evaluation) as one CUDA graph
+    (--cuda-graph), captured on its first call, in the agent's mode then and for that batch size. A batch of 64 frames
+    is bound by launching the step's ~100 small kernels; a replay is one launch. The graph reads the weights and BN
+    statistics in place, so it follows every update and BN refresh without being captured again."""
 
-    def __init__(self, agent):
-        self.agent, self.graph = agent, None
+    def __init__(self, agent, sample=True):
+        self.agent, self.graph, self.fn = agent, None, self.step if sample else agent
 
     def step(self, x):
         """Like agent.get_action_and_value(x) (entropy: None), sampling by Gumbel-max (the same distribution as
@@ -385,12 +386,12 @@ class CudaGraphPolicy:
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
                 for _ in range(3):
-                    self.step(self.x)
+                    self.fn(self.x)
             torch.cuda.current_stream().wait_stream(stream)
             self.agent.load_state_dict(buffers, strict=False)  # in train mode the warm-up moved BN's averages
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
-                self.out = self.step(self.x)
+                self.out = self.fn(self.x)
         self.x.copy_(x)
         self.graph.replay()
         return self.out
@@ -473,8 +474,11 @@ def ppo_losses(ratio, mb_advantages, newvalue, mb_values, mb_returns, args):
 
 
 @torch.inference_mode()
-def evaluate(agent, envs, generator, greedy=False):
+def evaluate(agent, envs, generator, greedy=False, forward=None):
     """Play exactly one episode in each env of `envs` (so short episodes are not over-sampled), agent in eval mode.
+    forward: a fixed-batch forward pass (a CudaGraphPolicy with sample=False) that every env's frames go through, the
+    finished ones' too; without it only the unfinished envs' frames go through the agent. The same actions either way
+    (up to floating-point differences between batch sizes).
     Returns numpy arrays: returns, lengths, completed (reached the goal), level seeds."""
     device = next(agent.parameters()).device
     was_training = agent.training
@@ -487,7 +491,10 @@ def evaluate(agent, envs, generator, greedy=False):
     actions = np.zeros(n, dtype=np.int64)
     while active.any():
         idx = np.flatnonzero(active)
-        logits, _ = agent(torch.as_tensor(obs[idx]).to(device))
+        if forward is None:
+            logits, _ = agent(torch.as_tensor(obs[idx]).to(device))
+        else:
+            logits = forward(torch.as_tensor(obs).to(device))[0][torch.as_tensor(idx, device=device)]
         if greedy:
             act = logits.argmax(-1)
         else:  # Gumbel-max sampling from a dedicated generator, so evaluation leaves the training RNG alone
@@ -687,6 +694,7 @@ if __name__ == "__main__":
     forward, scaler = set_speed_options(agent, args, device)
     graphed = args.cuda_graph and device.type == "cuda"
     act = CudaGraphPolicy(agent) if graphed else agent.get_action_and_value
+    eval_forward = CudaGraphPolicy(agent, sample=False) if graphed else None
 
     def save_checkpoint():
         state = {
@@ -717,7 +725,7 @@ if __name__ == "__main__":
             eval_envs = make_env(args.env_id, args.num_eval_episodes, num_levels, start_level, args.distribution_mode, seed,
                                  args.env_threads)  # fmt: skip
             generator = torch.Generator(device).manual_seed(seed)
-            ret, length, completed, _ = evaluate(agent, eval_envs, generator, args.eval_greedy)
+            ret, length, completed, _ = evaluate(agent, eval_envs, generator, args.eval_greedy, eval_forward)
             eval_envs.close()
             row.update({f"{split}_return": ret.mean(), f"{split}_std": ret.std(), f"{split}_completion": completed.mean()})
             row[f"{split}_length"] = length.mean()

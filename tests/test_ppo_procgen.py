@@ -276,6 +276,22 @@ def test_train_and_test_levels_are_separate():
     assert (test_levels >= 200).all() and len(set(test_levels)) == 16
 
 
+def test_evaluation_through_a_fixed_batch_forward_plays_the_same_episodes():
+    # On cuda evaluation runs every env's frames through a CUDA graph of the full batch and keeps the unfinished envs'
+    # logits; without it, only the unfinished envs' frames go through. Same weights, levels and noise: same episodes.
+    agent = base.Agent(15, "nature")
+    with torch.no_grad():
+        agent.actor.weight.mul_(300)  # logits that depend on the frame (at init they barely do)
+    results = []
+    for forward in [None, agent]:
+        envs = base.make_env("coinrun", 6, 200, 0, "easy", base.derive_seed(4, 1, 0))
+        results.append(base.evaluate(agent, envs, torch.Generator().manual_seed(3), forward=forward))
+        envs.close()
+    assert len(set(results[0][1])) > 1  # episodes of different lengths: the unfinished batch did shrink
+    for eager, fixed in zip(*results):
+        assert np.array_equal(eager, fixed)
+
+
 def test_procgen_thread_count_does_not_change_the_games():
     # --env-threads is a speed option: the same seed and actions must give the same frames, rewards and dones.
     actions = np.random.default_rng(0).integers(0, 15, (300, 12))

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from test_ppo_procgen import random_obs
@@ -164,3 +165,24 @@ def test_cuda_graph_follows_the_updates(mode):
         optimizer.step()
         with torch.inference_mode():
             base.refresh_bn_stats(agent, random_obs(64, seed=7 + round).to(device), 32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need cuda")
+def test_cuda_graph_evaluation_plays_as_the_eager_full_batch():
+    """Evaluation through the graph of the network's forward pass (--cuda-graph) plays the episodes that the eager
+    forward pass over the same full batch plays (the CPU test checks the full batch against the shrinking one)."""
+    torch.manual_seed(0)
+    device = torch.device("cuda")
+    agent = base.Agent(15).to(device)
+    base.set_speed_options(agent, SimpleNamespace(channels_last=True, amp="bf16", compile=False, retain_memory=False), device)
+    with torch.inference_mode():
+        agent.actor.weight.mul_(300)  # logits that depend on the frame (at init they barely do)
+        base.refresh_bn_stats(agent, random_obs(64, seed=8).to(device), 32)
+    results = []
+    for forward in [agent, base.CudaGraphPolicy(agent, sample=False)]:
+        envs = base.make_env("coinrun", 8, 200, 0, "easy", 11)
+        results.append(base.evaluate(agent, envs, torch.Generator(device).manual_seed(3), forward=forward))
+        envs.close()
+    assert len(set(results[0][1])) > 1
+    for eager, graphed in zip(*results):
+        assert np.array_equal(eager, graphed)
