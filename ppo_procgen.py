@@ -6,6 +6,7 @@ import json
 import os
 import random
 import resource
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -623,6 +624,13 @@ if __name__ == "__main__":
 
     # TRY NOT TO MODIFY: start the game
     global_step, iteration = 0, 0
+
+    def interrupted(*_):  # Ctrl-C: where the run stands, not a traceback
+        saved = glob.glob(os.path.join(run_dir, "checkpoints", "step_*.pt"))
+        hint = f"continue from its latest checkpoint with --resume {run_dir}" if saved else "no checkpoint was saved yet"
+        sys.exit(f"{VARIANT}.py: interrupted at step {global_step}; {hint}")
+
+    signal.signal(signal.SIGINT, interrupted)
     next_obs = torch.as_tensor(envs.reset()["rgb"]).to(device)
     next_done = torch.zeros(args.num_envs, device=device)
     ep_return, ep_length = np.zeros(args.num_envs), np.zeros(args.num_envs, dtype=np.int64)

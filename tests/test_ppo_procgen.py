@@ -122,6 +122,28 @@ def test_sigkill_then_resume_neither_loses_nor_repeats(reference_run, tmp_path):
 
 
 @pytest.mark.parametrize(
+    "wait_for, message",
+    [
+        ("eval.jsonl", "interrupted at step 0; no checkpoint was saved yet"),  # written before the step-0 evaluation
+        ("checkpoints/step_0000000128.pt", "; continue from its latest checkpoint with --resume "),
+    ],
+)
+def test_ctrl_c_says_where_the_run_stands(wait_for, message, tmp_path):
+    cmd = [sys.executable, os.path.join(ROOT, "ppo_procgen.py"), *TRAIN_512, "--runs-dir", str(tmp_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    deadline = time.time() + 300
+    while time.time() < deadline and not (os.listdir(tmp_path) and os.path.exists(run_dirs(tmp_path)[0] + "/" + wait_for)):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    stderr = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 1 and message in stderr and "Traceback" not in stderr, stderr
+    if "--resume" in message:
+        assert stderr.strip().endswith(run_dirs(tmp_path)[0])
+
+
+@pytest.mark.parametrize(
     "flags, message",
     [
         (["--arch", "impala"], "differs from the checkpoint"),
