@@ -4,8 +4,9 @@
 #   1. host.md: procgen's stepping on 1, 4 and 16 threads, alone and with each step's frames copied by torch (which
 #      spins torch's CPU threads) or numpy (benchmark/env_speed.py), a cProfile of 4 iterations and
 #      their device time by operator (benchmark/kernel_profile.py; with RESUME, 2 iterations of that run)
-#   2. benchmark/speed.py on cuda: SETS (the defaults, then with procgen on 16 threads and the compiled update: the
-#      split shows each one's effect), then VARIANTS at the defaults (each in its own call with its own timeout, so a
+#   2. benchmark/speed.py on cuda, 8 iterations a row (with 3 timed ones, two default rows on one H200 differed by
+#      14%): SETS (the defaults, then with procgen on 16 threads and the compiled update: the split shows each one's
+#      effect), then VARIANTS at the defaults (each in its own call with its own timeout, so a
 #      set that hangs or compiles too long loses only its row; fp32, the graph and the variants were measured on the
 #      H200: SETS="fp32 default_no_graph default" VARIANTS="ppo_procgen_aug.py ppo_procgen_nobn.py" repeats them)
 #   3. SCRIPT's default configuration learning on cuda (evaluations and checkpoints every 131072 steps) until END_S seconds
@@ -50,7 +51,7 @@ fi
 # iterations under cProfile (the functions with the most own time; waits for the GPU show as .cpu(), .item(), ...)
 if [ -n "${TINY:-}" ]; then BATCH=128; ES=(--num-envs 4 --steps 20 --threads 1 2); SP=(--iterations 2 --num-envs 4 --num-steps 32)
   EX=(--minibatch-size 64 --num-eval-episodes 3 --threads 1); P=(--num-envs 4 --num-steps 32 "${EX[@]}" --total-timesteps 128)
-else BATCH=16384; ES=(--threads 1 4 16 --copy none torch numpy); SP=(--iterations 4 --num-steps 256)
+else BATCH=16384; ES=(--threads 1 4 16 --copy none torch numpy); SP=(--iterations 8 --num-steps 256)
   EX=(--num-eval-episodes 20); P=(--total-timesteps 65536 "${EX[@]}"); fi
 timeout 60 $PY benchmark/env_speed.py "${ES[@]}" 2>&1 | grep -v -i "gym\|migration" | tee "$OUT/host.md"
 PROF=$(mktemp -d)
