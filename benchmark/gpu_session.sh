@@ -4,12 +4,14 @@
 #   1. host.md: procgen's stepping on 1, 4 and 16 threads, alone and with each step's frames copied by torch (which
 #      spins torch's CPU threads) or numpy (benchmark/env_speed.py), a cProfile of 4 iterations and
 #      their device time by operator (benchmark/kernel_profile.py; with RESUME, 2 iterations of that run)
-#   2. benchmark/speed.py on cuda, 8 iterations a row (with 3 timed ones, two default rows on one H200 differed by
+#   2. host.md, continued: the update alone (benchmark/update_speed.py) for UPDATE_SETS (default: the defaults, cuDNN's
+#      benchmarked algorithms, the compiled update), ms per minibatch and each set's operators by device time
+#   3. benchmark/speed.py on cuda, 8 iterations a row (with 3 timed ones, two default rows on one H200 differed by
 #      14%): SETS (the defaults, then with procgen on 16 threads and the compiled update: the split shows each one's
 #      effect), then VARIANTS at the defaults (each in its own call with its own timeout, so a
 #      set that hangs or compiles too long loses only its row; fp32, the graph and the variants were measured on the
 #      H200: SETS="fp32 default_no_graph default" VARIANTS="ppo_procgen_aug.py ppo_procgen_nobn.py" repeats them)
-#   3. SCRIPT's default configuration learning on cuda (evaluations and checkpoints every 131072 steps) until END_S seconds
+#   4. SCRIPT's default configuration learning on cuda (evaluations and checkpoints every 131072 steps) until END_S seconds
 #      after this script started, then stopped with SIGINT
 # Results go to $OUT (machine.txt, tests.txt, host.md, speed.md, run/: 8 files, the device tool's limit). Run
 # from the repo root. On a machine without internet, put cp312 wheels of procgen-mirror, gym3, gym, gym-notices, cffi,
@@ -26,6 +28,7 @@ export PYTHONUNBUFFERED=1
 : "${OUT:?set OUT to the folder for the results}"
 PY=${PY:-python3}; WHEELS=${WHEELS:-.whl}; DEVICE=${DEVICE:-cuda}; END_S=${END_S:-545}; SPEED_S=${SPEED_S:-75}; COMPILE_S=${COMPILE_S:-180}; FP32_S=${FP32_S:-100}
 SETS=${SETS-default default+env16+compile}; VARIANTS=${VARIANTS-}; SCRIPT=${SCRIPT:-ppo_procgen.py}
+UPDATE_SETS=${UPDATE_SETS-$([ -n "${TINY:-}" ] && echo default || echo "default default+nondeterministic default+compile")}
 [ -z "${RESUME:-}" ] || ls "$RESUME"/checkpoints/*.pt > /dev/null 2>&1 ||
   { echo "gpu_session.sh: cannot copy RESUME=$RESUME: no checkpoints/*.pt in it" >&2; exit 1; }
 if [ -z "${NO_INSTALL:-}" ]; then
@@ -70,6 +73,10 @@ if [ -n "${RESUME:-}" ]; then
 elif [ -z "${TINY:-}" ]; then KP=("${P[@]}" --runs-dir $PROF); else KP=(); fi
 [ ${#KP[@]} -gt 0 ] && timeout ${KPROFILE_S:-150} $PY benchmark/kernel_profile.py --rows 30 $SCRIPT --device $DEVICE "${KP[@]}" \
   --eval-frequency 100000000 --checkpoint-frequency 100000000 2>&1 | grep -A 40 "^torch.profiler of" >> "$OUT/host.md"
+# the update alone, per option set (benchmark/update_speed.py: ms per minibatch and its operators, seconds per set)
+UX=(); [ -n "${TINY:-}" ] && UX=(--steps 1 -- --minibatch-size 8 --threads 1)
+[ -n "$UPDATE_SETS" ] && timeout ${UPDATE_S:-240} $PY benchmark/update_speed.py --script $SCRIPT --device $DEVICE \
+  --sets $UPDATE_SETS --kernels 30 "${UX[@]}" 2>&1 | grep -v -i "gym\|migration\|USDT" >> "$OUT/host.md"
 for set in $SETS; do  # one call each, so a set that hangs loses only its own row
   T=$SPEED_S; [ $set = fp32 ] && T=$FP32_S; [[ $set = *compile ]] && T=$COMPILE_S
   timeout $T $PY benchmark/speed.py "${SP[@]}" --sets $set -- --device $DEVICE "${EX[@]}" 2>&1 | grep -v -i "gym\|migration" | tee -a "$OUT/speed.md"

@@ -136,6 +136,21 @@ def test_kernel_profile_lists_the_scripts_operators(tmp_path):
     assert proc.returncode != 0 and "no script" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_update_speed_times_each_set_and_lists_its_operators():
+    out = run_script("benchmark/update_speed.py", "--device", "cpu", "--sets", "fp32", "default", "--steps", "2",
+                     "--kernels", "3", "--", "--minibatch-size", "8", "--threads", "1").stdout  # fmt: skip
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in out.splitlines() if line.startswith("| ")}
+    assert set(rows) == {"options", "fp32", "default"}
+    for name in ["fp32", "default"]:  # ms, then (after the speed-up) the split, per iteration and warm-up
+        assert all(float(rows[name][i]) > 0 for i in [0, 2, 3, 4, 5, 6]) and rows[name][7].strip() == "-"
+    assert rows["fp32"][1].strip() == "1.00x" and "an iteration's update is 6144 of them" in out  # 64 x 256 / 8 x 3
+    assert out.count("operators over 3 minibatch steps") == 2 and "aten::" in out
+    bad = run_script("benchmark/update_speed.py", "--device", "cpu", "--", "--bogus", check=False)
+    assert bad.returncode != 0 and "bad script flags" in bad.stderr and "Traceback" not in bad.stderr
+    bad = run_script("benchmark/update_speed.py", "--script", "missing.py", check=False)
+    assert bad.returncode != 0 and "no script missing.py" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_gpu_session_brings_back_a_resumable_run_folder(tmp_path):
     script = os.path.join(ROOT, "benchmark", "gpu_session.sh")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PY": sys.executable, "NO_INSTALL": "1", "DEVICE": "cpu", "TINY": "1",
@@ -149,6 +164,7 @@ def test_gpu_session_brings_back_a_resumable_run_folder(tmp_path):
     assert torch.load(run / "checkpoints" / "step_0000000512.pt", weights_only=False)["variant"] == "ppo_procgen_nobn"
     host = (tmp_path / "out" / "host.md").read_text()  # procgen's stepping by thread count, then the profile
     assert "| 2 |" in host and "cProfile of ppo_procgen_nobn.py" in host and "ppo_procgen_nobn.py" in host.split("tottime")[1]
+    assert "ppo_procgen_nobn.py update on cpu" in host and "| default |" in host  # the update alone (update_speed.py)
     # the folder it brought back continues in a later session (TINY resumes to 1024 steps)
     proc = subprocess.run(["bash", script], capture_output=True, text=True, cwd=ROOT, timeout=600,
                           env={**env, "RESUME": str(run), "OUT": str(tmp_path / "out2")})  # fmt: skip
