@@ -29,6 +29,7 @@ OPTION_SETS = {  # --retain-memory is on unless a set turns it off; --cuda-graph
     "default+env16": [*DEFAULT, "--env-threads", "16"],  # procgen on 16 threads (the GPU machines' cores)
     "default+env16+compile": ["--amp", "bf16", "--channels-last", "--compile", "--env-threads", "16"],
 }
+OPTION_SETS["default+env16+compile+nondeterministic"] = [*OPTION_SETS["default+env16+compile"], "--no-torch-deterministic"]
 
 
 def scalars(run_dir):
