@@ -78,7 +78,7 @@ UX=(); [ -n "${TINY:-}" ] && UX=(--steps 1 -- --minibatch-size 8 --threads 1)
 [ -n "$UPDATE_SETS" ] && timeout ${UPDATE_S:-240} $PY benchmark/update_speed.py --script $SCRIPT --device $DEVICE \
   --sets $UPDATE_SETS --kernels 30 "${UX[@]}" 2>&1 | grep -v -i "gym\|migration\|USDT" >> "$OUT/host.md"
 for set in $SETS; do  # one call each, so a set that hangs loses only its own row
-  T=$SPEED_S; [ $set = fp32 ] && T=$FP32_S; [[ $set = *compile ]] && T=$COMPILE_S
+  T=$SPEED_S; [ $set = fp32 ] && T=$FP32_S; [[ $set = *compile* ]] && T=$COMPILE_S
   timeout $T $PY benchmark/speed.py "${SP[@]}" --sets $set -- --device $DEVICE "${EX[@]}" 2>&1 | grep -v -i "gym\|migration" | tee -a "$OUT/speed.md"
 done
 for v in $VARIANTS; do  # the other variants at the defaults
