@@ -9,7 +9,7 @@ Usage: python benchmark/update_speed.py [--script ppo_procgen.py] [--device cuda
 """
 
 import argparse
-import importlib.util
+import importlib
 import os
 import sys
 import time
@@ -23,14 +23,10 @@ from speed import OPTION_SETS, ROOT  # noqa: E402
 
 
 def load_script(script):
-    path = os.path.join(ROOT, script)
-    if not os.path.isfile(path):
+    if not os.path.isfile(os.path.join(ROOT, script)):
         sys.exit(f"update_speed.py: error: no script {script}")
-    sys.path.insert(0, ROOT)
-    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
-    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # registered: tyro reads its source
-    spec.loader.exec_module(module)
-    return module
+    sys.path.insert(0, ROOT)  # the scripts import as modules, as eval_generalization.py imports them
+    return importlib.import_module(os.path.splitext(os.path.basename(script))[0])
 
 
 def measure(module, flags, opts):
