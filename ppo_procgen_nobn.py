@@ -308,7 +308,7 @@ class Agent(nn.Module):
 
     def get_action_and_value(self, x, action=None, forward=None):
         logits, value = (self if forward is None else forward)(x)  # forward: the update's compiled agent (--compile)
-        probs = Categorical(logits=logits)
+        probs = Categorical(logits=logits, validate_args=False)  # its checks would make the host wait for the GPU
         if action is None:
             action = probs.sample()
         return action, probs.log_prob(action), probs.entropy(), value
@@ -742,9 +742,9 @@ if __name__ == "__main__":
                     # calculate approx_kl http://joschu.net/blog/kl-approx.html
                     old_approx_kl = (-logratio).mean()
                     approx_kl = ((ratio - 1) - logratio).mean()
-                    clipfracs += [((ratio - 1.0).abs() > args.clip_coef).float().mean().item()]
+                    clipfracs += [((ratio - 1.0).abs() > args.clip_coef).float().mean()]  # read after the update:
                     if rollout_kl is None:  # acting vs. updating policy before any gradient step: should be ~0
-                        rollout_kl = approx_kl.item()
+                        rollout_kl = approx_kl  # no .item() here, so the host queues minibatches ahead of the GPU
 
                 pg_loss, v_loss = ppo_losses(
                     ratio, b_advantages[mb_inds], newvalue, b_values[mb_inds], b_returns[mb_inds], args
@@ -763,6 +763,7 @@ if __name__ == "__main__":
                 break
 
         y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
+        clipfrac, rollout_kl = torch.stack(clipfracs).mean().item(), rollout_kl.item()
         var_y = np.var(y_true)
         explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
         t_update = time.time() - t_update
@@ -783,7 +784,7 @@ if __name__ == "__main__":
         writer.add_scalar("losses/old_approx_kl", old_approx_kl.item(), global_step)
         writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
         writer.add_scalar("losses/rollout_kl", rollout_kl, global_step)
-        writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
+        writer.add_scalar("losses/clipfrac", clipfrac, global_step)
         writer.add_scalar("losses/explained_variance", explained_var, global_step)
         sps = int((global_step - start_step) / (time.time() - start_time))
         writer.add_scalar("charts/SPS", sps, global_step)

@@ -186,3 +186,51 @@ def test_cuda_graph_evaluation_plays_as_the_eager_full_batch():
     assert len(set(results[0][1])) > 1
     for eager, graphed in zip(*results):
         assert np.array_equal(eager, graphed)
+
+
+def test_update_forward_skips_the_distribution_checks():
+    """The update's Categorical is built without argument checks: on cuda each check makes the host wait for the GPU
+    (test_cuda_update_step_never_waits_for_the_gpu), so the host could not queue the next kernels ahead of it."""
+    agent = base.Agent(15)
+    with torch.no_grad():
+        agent.actor.bias.fill_(float("nan"))
+    _, logprob, _, _ = agent.get_action_and_value(random_obs(4, seed=1), torch.zeros(4, dtype=torch.long))
+    assert logprob.isnan().all()  # with the checks on, NaN logits raise a ValueError
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs cuda")
+def test_cuda_update_step_never_waits_for_the_gpu():
+    """A minibatch step as the scripts take it (forward, losses, clip fraction, backward, clipping, Adam) runs with
+    CUDA's sync debug mode raising on any host wait, so the host can queue minibatches ahead of the GPU."""
+    torch.manual_seed(0)
+    device = torch.device("cuda")
+    args = SimpleNamespace(channels_last=True, amp="bf16", compile=False, retain_memory=False, norm_adv=True,
+                           clip_coef=0.2, clip_vloss=True)  # fmt: skip
+    agent = base.Agent(15).to(device)
+    forward, scaler = base.set_speed_options(agent, args, device)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=1e-4, eps=1e-5)
+    x, actions = random_obs(256, seed=2).to(device), torch.randint(0, 15, (256,), device=device)
+    old_logprob, old_value = torch.full((256,), -2.7, device=device), torch.zeros(256, device=device)
+    returns = torch.ones(256, device=device)
+
+    def step():
+        _, newlogprob, entropy, newvalue = agent.get_action_and_value(x, actions, forward)
+        ratio = (newlogprob - old_logprob).exp()
+        clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()
+        pg_loss, v_loss = base.ppo_losses(ratio, returns - old_value, newvalue, old_value, returns, args)
+        optimizer.zero_grad()
+        scaler.scale(pg_loss - 0.01 * entropy.mean() + 0.5 * v_loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(agent.parameters(), 0.5)
+        scaler.step(optimizer)
+        scaler.update()
+        return clipfrac
+
+    step()  # warm-up: cuDNN's and cuBLAS's set-up, Adam's state
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        clipfracs = [step() for _ in range(2)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert 0 <= torch.stack(clipfracs).mean().item() <= 1
