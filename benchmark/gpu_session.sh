@@ -5,7 +5,8 @@
 #      spins torch's CPU threads) or numpy (benchmark/env_speed.py), a cProfile of 4 iterations and
 #      their device time by operator (benchmark/kernel_profile.py; with RESUME, 2 iterations of that run)
 #   2. host.md, continued: the update alone (benchmark/update_speed.py) for UPDATE_SETS (default: the defaults, cuDNN's
-#      benchmarked algorithms, the compiled update), ms per minibatch and each set's operators by device time
+#      benchmarked algorithms, the compiled update), ms per minibatch and each set's operators by device time; then
+#      the first set with --sync (the host waiting for the GPU twice a minibatch, as the scripts did before session 26)
 #   3. benchmark/speed.py on cuda, 8 iterations a row (with 3 timed ones, two default rows on one H200 differed by
 #      14%): SETS (the defaults, then with procgen on 16 threads and the compiled update: the split shows each one's
 #      effect), then VARIANTS at the defaults (each in its own call with its own timeout, so a
@@ -77,6 +78,9 @@ elif [ -z "${TINY:-}" ]; then KP=("${P[@]}" --runs-dir $PROF); else KP=(); fi
 UX=(); [ -n "${TINY:-}" ] && UX=(--steps 1 -- --minibatch-size 8 --threads 1)
 [ -n "$UPDATE_SETS" ] && timeout ${UPDATE_S:-240} $PY benchmark/update_speed.py --script $SCRIPT --device $DEVICE \
   --sets $UPDATE_SETS --kernels 30 "${UX[@]}" 2>&1 | grep -v -i "gym\|migration\|USDT" >> "$OUT/host.md"
+# the first set again with the host waiting for the GPU twice a minibatch, as the scripts did before session 26
+[ -n "$UPDATE_SETS" ] && timeout 90 $PY benchmark/update_speed.py --script $SCRIPT --device $DEVICE \
+  --sets ${UPDATE_SETS%% *} --sync "${UX[@]}" 2>&1 | grep -v -i "gym\|migration\|USDT" >> "$OUT/host.md"
 for set in $SETS; do  # one call each, so a set that hangs loses only its own row
   T=$SPEED_S; [ $set = fp32 ] && T=$FP32_S; [[ $set = *compile* ]] && T=$COMPILE_S
   timeout $T $PY benchmark/speed.py "${SP[@]}" --sets $set -- --device $DEVICE "${EX[@]}" 2>&1 | grep -v -i "gym\|migration" | tee -a "$OUT/speed.md"

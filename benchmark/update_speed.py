@@ -3,9 +3,11 @@ losses, backward pass, and gradient clipping + Adam step, with the operators tha
 
 A whole-iteration row of benchmark/speed.py takes a training run's start-up, evaluation and rollouts; this times the
 update's step itself (the script's own Agent, set_speed_options and ppo_losses; the step below mirrors the script's
-minibatch loop, per-minibatch clip-fraction read included), so many option sets fit in a minute of GPU time.
+minibatch loop), so many option sets fit in a minute of GPU time. --sync adds what the scripts did each minibatch
+before session 26: wait for the GPU after the forward pass (Categorical's argument checks) and for the clip
+fraction's .item().
 Usage: python benchmark/update_speed.py [--script ppo_procgen.py] [--device cuda] [--sets default fp32 ...]
-[--steps 20] [--kernels 25] [--compile-mode max-autotune] [--fused-adam] [-- extra script flags]
+[--steps 20] [--kernels 25] [--compile-mode max-autotune] [--fused-adam] [--sync] [-- extra script flags]
 """
 
 import argparse
@@ -59,7 +61,10 @@ def measure(module, flags, opts):
         t = time.perf_counter()
         _, newlogprob, entropy, newvalue = agent.get_action_and_value(obs, actions, forward)
         ratio = (newlogprob - logprobs).exp()
-        ((ratio - 1.0).abs() > args.clip_coef).float().mean().item()  # the script's clip fraction, read each minibatch
+        clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()  # the script reads these after the update
+        if opts.sync:  # the old waits: Categorical's argument checks after the forward pass, then the .item()
+            bool(newlogprob.isfinite().all())
+            clipfrac.item()
         pg_loss, v_loss = module.ppo_losses(ratio, advantages, newvalue, values, returns, args)
         loss = pg_loss - args.ent_coef * entropy.mean() + v_loss * args.vf_coef
         if split is not None:
@@ -120,6 +125,7 @@ def main():
     parser.add_argument("--kernels", type=int, default=0, help="also list each set's N operators with the most time")
     parser.add_argument("--compile-mode", help="torch.compile's mode for sets with --compile (the script uses the default)")
     parser.add_argument("--fused-adam", action="store_true", help="Adam's fused kernel (the script uses the default)")
+    parser.add_argument("--sync", action="store_true", help="wait for the GPU twice a minibatch, as before session 26")
     parser.add_argument("extra", nargs="*", help="script flags for every set (after --), e.g. --minibatch-size 1024")
     opts = parser.parse_args()
     if opts.steps <= 0 or opts.kernels < 0:
@@ -137,6 +143,7 @@ def main():
             print(f"\n{name}: operators over 3 minibatch steps\n{rows[name]['table']}")
     first, r0 = rows[opts.sets[0]]["ms"], rows[opts.sets[0]]
     notes = (", fused Adam" if opts.fused_adam else "") + (f", compile mode {opts.compile_mode}" if opts.compile_mode else "")
+    notes += ", the host waiting for the GPU twice a minibatch (--sync)" if opts.sync else ""
     print(f"\n{opts.script} update on {opts.device}{notes}, {opts.steps} timed minibatch steps per set (the split: another "
           f"{opts.steps}, synchronised between phases); an iteration's update is {r0['minibatches']} of them\n")  # fmt: skip
     print(

@@ -138,7 +138,8 @@ def test_kernel_profile_lists_the_scripts_operators(tmp_path):
 
 def test_update_speed_times_each_set_and_lists_its_operators():
     out = run_script("benchmark/update_speed.py", "--device", "cpu", "--sets", "fp32", "default", "--steps", "2",
-                     "--kernels", "3", "--", "--minibatch-size", "8", "--threads", "1").stdout  # fmt: skip
+                     "--kernels", "3", "--sync", "--", "--minibatch-size", "8", "--threads", "1").stdout  # fmt: skip
+    assert "the host waiting for the GPU twice a minibatch (--sync)" in out
     rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in out.splitlines() if line.startswith("| ")}
     assert set(rows) == {"options", "fp32", "default"}
     for name in ["fp32", "default"]:  # ms, then (after the speed-up) the split, per iteration and warm-up
@@ -165,6 +166,7 @@ def test_gpu_session_brings_back_a_resumable_run_folder(tmp_path):
     host = (tmp_path / "out" / "host.md").read_text()  # procgen's stepping by thread count, then the profile
     assert "| 2 |" in host and "cProfile of ppo_procgen_nobn.py" in host and "ppo_procgen_nobn.py" in host.split("tottime")[1]
     assert "ppo_procgen_nobn.py update on cpu" in host and "| default |" in host  # the update alone (update_speed.py)
+    assert host.count("ppo_procgen_nobn.py update on cpu") == 2 and "twice a minibatch (--sync)" in host  # and as before
     # the folder it brought back continues in a later session (TINY resumes to 1024 steps)
     proc = subprocess.run(["bash", script], capture_output=True, text=True, cwd=ROOT, timeout=600,
                           env={**env, "RESUME": str(run), "OUT": str(tmp_path / "out2")})  # fmt: skip
