@@ -173,7 +173,7 @@ def test_resume_takes_a_flag_given_at_its_default_value(tiny_run, monkeypatch):
         (["--minibatch-size", "100"], "not divisible"),
         (["--num-envs", "0"], "must be positive"),
         (["--total-timesteps", "-5"], "must be positive"),
-        (["--env-threads", "0"], "--env-threads must be positive"),
+        (["--env-threads", "-1"], "--env-threads must be >= 0"),
         (["--env-id", "nosuchgame"], "unknown --env-id"),
         (["--device", "cuda"], "not available"),
         (["--arch", "resnet"], "invalid choice"),
@@ -316,11 +316,12 @@ def test_evaluation_through_a_fixed_batch_forward_plays_the_same_episodes():
 
 def test_procgen_thread_count_does_not_change_the_games():
     # --env-threads is a speed option: the same seed and actions must give the same frames, rewards and dones.
+    # 0 (the default) is one thread per core this process may use, at least 4.
     actions = np.random.default_rng(0).integers(0, 15, (300, 12))
     runs = []
-    for threads in [1, 3]:
+    for threads in [1, 3, 0]:
         envs = base.make_env("coinrun", 12, 200, 0, "easy", 123, threads)
-        assert envs.env.options["num_threads"] == threads
+        assert envs.env.options["num_threads"] == (threads or max(4, len(os.sched_getaffinity(0))))
         frames = [envs.reset()["rgb"]]
         for action in actions:
             obs, reward, done, _ = envs.step(action)
@@ -328,7 +329,7 @@ def test_procgen_thread_count_does_not_change_the_games():
         envs.close()
         runs.append(frames)
     assert sum(bool(d.any()) for d in runs[0][3::3]) > 0  # episodes ended within the 300 steps
-    assert all(np.array_equal(a, b) for a, b in zip(*runs))
+    assert all(np.array_equal(a, b) and np.array_equal(a, c) for a, b, c in zip(*runs))
 
 
 @pytest.mark.parametrize(
