@@ -95,7 +95,7 @@ else L=(--eval-frequency 131072 --checkpoint-frequency 131072); fi
 RUNS=$(mktemp -d)  # the learning run's runs folder
 if [ -n "${RESUME:-}" ]; then  # continue a run brought along (its folder), e.g. benchmark/results/gpu_h100/run
   cp -r "$RESUME" $RUNS/run || { echo "gpu_session.sh: cannot copy RESUME=$RESUME" >&2; exit 1; }
-  L=(--resume $RUNS/run "${L[@]}")
+  L=(--resume $RUNS/run --env-threads 0 "${L[@]}")  # 0: the default since session 26 (older checkpoints say 4)
   [ -n "${TINY:-}" ] && L+=(--total-timesteps 1024)
 else L+=(--runs-dir $RUNS); fi
 timeout -s INT $LEARN_S $PY $SCRIPT --device $DEVICE "${L[@]}" "${LX[@]}" 2>&1 | grep -v -i "gym\|migration" > "$OUT/run/train.log"
