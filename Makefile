@@ -13,7 +13,7 @@ $(VENV)/installed: requirements.txt
 train: $(VENV)/installed  ## the main job: the default configuration, seed 1 (25M steps)
 	$(PY) ppo_procgen.py --seed 1
 
-test: $(VENV)/installed lint  ## lint + the whole test suite (tiny settings, two workers: ~7 min on 2 CPU cores)
+test: $(VENV)/installed lint  ## lint + the whole test suite (tiny settings, two workers: ~9-10 min on 2 CPU cores)
 	$(PY) -m pytest -q -p no:cacheprovider -n 2 --durations=5
 
 lint: $(VENV)/installed
