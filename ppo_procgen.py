@@ -790,9 +790,10 @@ if __name__ == "__main__":
                     # calculate approx_kl http://joschu.net/blog/kl-approx.html
                     old_approx_kl = (-logratio).mean()
                     approx_kl = ((ratio - 1) - logratio).mean()
-                    clipfracs += [((ratio - 1.0).abs() > args.clip_coef).float().mean()]  # read after the update:
+                    # tensors, read after the update: an .item() here would make the host wait for the GPU each minibatch
+                    clipfracs += [((ratio - 1.0).abs() > args.clip_coef).float().mean()]
                     if rollout_kl is None:  # acting vs. updating policy before any gradient step: should be ~0
-                        rollout_kl = approx_kl  # no .item() here, so the host queues minibatches ahead of the GPU
+                        rollout_kl = approx_kl
 
                 pg_loss, v_loss = ppo_losses(
                     ratio, b_advantages[mb_inds], newvalue, b_values[mb_inds], b_returns[mb_inds], args
