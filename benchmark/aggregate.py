@@ -1,13 +1,15 @@
 """Aggregate a benchmark's runs into the gap table (gap_table.md / .json) and curves.png.
 
     python benchmark/aggregate.py OUT_DIR [--last 3] [--max-step N]
+    python benchmark/aggregate.py DIR DIR ... --out OUT_DIR   # runs from several benchmark folders in one table
 
 Reads OUT_DIR/runs/{env}__{variant}__{seed}__{time}/eval.jsonl ({variant} is the run's --exp-name, so ablations of one
-script are rows of their own). A run's cell is the mean of its last --last evaluations (up to step --max-step, to
-compare runs of different lengths at one horizon; the seeds of one row at the last step all of them reached, the
-plot drawing any seed that went further on its own); across seeds: mean +- std, the per-seed values, and a 95%
-Student-t CI over seeds (honest with 3 seeds: t(0.975, 2) = 4.30, not 1.96). A random-policy row is added from
-OUT_DIR/random/report.json when present (`eval_generalization.py --random --out OUT_DIR/random`).
+script are rows of their own; with several folders, the runs of all of them: a variant's seed in two is an error). A
+run's cell is the mean of its last --last evaluations (up to step --max-step, to compare runs of different lengths at
+one horizon; the seeds of one row at the last step all of them reached, the plot drawing any seed that went further on
+its own); across seeds: mean +- std, the per-seed values, and a 95% Student-t CI over seeds (honest with 3 seeds:
+t(0.975, 2) = 4.30, not 1.96). A random-policy row is added from OUT_DIR/random/report.json when present
+(`eval_generalization.py --random --out OUT_DIR/random`; with several folders, the first that has one).
 """
 
 import argparse
@@ -77,17 +79,21 @@ def seed_stats(values):
     return out
 
 
-def load_runs(out_dir, max_step=None):
-    """{variant: {seed: eval rows}}, and {variant: {seed: (steps, returns) of its training episodes, or None}}."""
-    runs, episodes_of = {}, {}
-    root = os.path.join(out_dir, "runs")
-    if not os.path.isdir(root):
-        sys.exit(f"aggregate.py: error: no runs folder {root}")
-    for name in sorted(os.listdir(root)):
+def load_runs(out_dirs, max_step=None):
+    """{variant: {seed: eval rows}}, and {variant: {seed: (steps, returns) of its training episodes, or None}}, from the
+    runs/ folder of each of `out_dirs` (one folder or a list)."""
+    runs, episodes_of, found_in = {}, {}, {}
+    roots = [os.path.join(d, "runs") for d in ([out_dirs] if isinstance(out_dirs, str) else out_dirs)]
+    for root in roots:
+        if not os.path.isdir(root):
+            sys.exit(f"aggregate.py: error: no runs folder {root}")
+    for root, name in [(root, name) for root in roots for name in sorted(os.listdir(root))]:
         parts = name.split("__")
         path = os.path.join(root, name, "eval.jsonl")
         if len(parts) != 4 or not os.path.isfile(path):
             continue
+        if found_in.setdefault((parts[1], parts[2]), root) != root:
+            sys.exit(f"aggregate.py: error: {parts[1]} seed {parts[2]} is in both {found_in[parts[1], parts[2]]} and {root}")
         rows = [row for row in map(json.loads, open(path)) if max_step is None or row["global_step"] <= max_step]
         episodes = training_episodes(os.path.join(root, name))
         if episodes is not None and max_step is not None:
@@ -98,7 +104,7 @@ def load_runs(out_dir, max_step=None):
             runs.setdefault(parts[1], {})[int(parts[2])] = rows
             episodes_of.setdefault(parts[1], {})[int(parts[2])] = episodes
     if not runs:
-        sys.exit(f"aggregate.py: error: no runs with eval.jsonl under {root}")
+        sys.exit(f"aggregate.py: error: no runs with eval.jsonl under {', '.join(roots)}")
     return runs, episodes_of
 
 
@@ -165,6 +171,7 @@ def comparison(table):
         "gap_reduction": reduction["difference"],
         "gap_reduction_ci95": reduction["ci95"],
         "train_change": aug["train"]["mean"] - base["train"]["mean"],
+        "steps": [min(base["steps"]), min(aug["steps"])],
     }
 
 
@@ -173,7 +180,9 @@ def batchnorm_effect(table):
     if "ppo_procgen" not in table or "ppo_procgen_nobn" not in table:
         return None
     base, nobn = table["ppo_procgen"], table["ppo_procgen_nobn"]
-    return {k: difference(nobn[k], base[k]) for k in ["train", "test", "gap"]}
+    effect = {k: difference(nobn[k], base[k]) for k in ["train", "test", "gap"]}
+    effect["steps"] = [min(base["steps"]), min(nobn["steps"])]
+    return effect
 
 
 def main_variant(table):
@@ -209,6 +218,13 @@ def ci_text(ci):
     return f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
 
 
+def steps_text(steps, names):
+    """A warning when two rows are compared at different steps (runs of different lengths: use --max-step)."""
+    if steps[0] == steps[1]:
+        return ""
+    return f" Not like for like: {names[0]} at step {steps[0]}, {names[1]} at step {steps[1]} (--max-step sets one horizon)."
+
+
 def markdown(table, comp, bn, checks, random_row, last):
     lines = [
         f"# Gap table\n\nCell: mean of a run's last {last} evaluations; across seeds mean +- std [95% Student-t CI]. "
@@ -240,12 +256,14 @@ def markdown(table, comp, bn, checks, random_row, last):
             f"\nGap reduction from augmentation (no-aug gap - aug gap): {comp['gap_reduction']:.2f}"
             f"{ci_text(comp['gap_reduction_ci95'])}; "
             f"train change with augmentation: {comp['train_change']:+.2f}."
+            + steps_text(comp["steps"], ["ppo_procgen", "ppo_procgen_aug"])
         )
     if bn:
         lines.append(
             "\nWithout BatchNorm (no-BN - base, 95% CI): "
-            + ", ".join(f"{k} {d['difference']:+.2f}{ci_text(d['ci95'])}" for k, d in bn.items())
+            + ", ".join(f"{k} {bn[k]['difference']:+.2f}{ci_text(bn[k]['ci95'])}" for k in ["train", "test", "gap"])
             + "."
+            + steps_text(bn["steps"], ["ppo_procgen", "ppo_procgen_nobn"])
         )
     lines.append(
         "\nSample efficiency (first step with seed-mean train >= 8.0 and test >= 6.5): "
@@ -322,20 +340,26 @@ def plot(runs, episodes_of, path):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("out_dir")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="benchmark folder(s) holding runs/")
+    p.add_argument("--out", default=None, help="where the table and plot go (needed with several folders)")
     p.add_argument("--last", type=int, default=3, help="evaluations averaged per run")
     p.add_argument("--max-step", type=int, default=None, help="ignore evaluations after this step")
     args = p.parse_args(argv)
     if args.last <= 0 or (args.max_step is not None and args.max_step < 0):
         p.error("--last must be positive and --max-step >= 0")
-    runs, episodes_of = load_runs(args.out_dir, args.max_step)
+    if args.out is None and len(args.dirs) > 1:
+        p.error("with several folders, --out names the folder for the table and plot")
+    runs, episodes_of = load_runs(args.dirs, args.max_step)
+    out = args.out or args.dirs[0]
+    os.makedirs(out, exist_ok=True)
     table = aggregate(runs, args.last, episodes_of)
     comp, bn = comparison(table), batchnorm_effect(table)
     checks = checklist(table, comp)
-    random_path = os.path.join(args.out_dir, "random", "report.json")
     random_row = None
-    if os.path.isfile(random_path):
-        random_row = json.load(open(random_path))["checkpoints"].get("random")
+    for random_path in [os.path.join(d, "random", "report.json") for d in [out] + args.dirs]:
+        if os.path.isfile(random_path):
+            random_row = json.load(open(random_path))["checkpoints"].get("random")
+            break
     data = {
         "last": args.last,
         "variants": table,
@@ -348,11 +372,11 @@ def main(argv=None):
         ("gap_table.json", json.dumps(data, indent=2)),
         ("gap_table.md", markdown(table, comp, bn, checks, random_row, args.last)),
     ]:
-        with open(os.path.join(args.out_dir, name + ".tmp"), "w") as f:
+        with open(os.path.join(out, name + ".tmp"), "w") as f:
             f.write(text)
-        os.replace(os.path.join(args.out_dir, name + ".tmp"), os.path.join(args.out_dir, name))
-    plot(runs, episodes_of, os.path.join(args.out_dir, "curves.png"))
-    print(open(os.path.join(args.out_dir, "gap_table.md")).read())
+        os.replace(os.path.join(out, name + ".tmp"), os.path.join(out, name))
+    plot(runs, episodes_of, os.path.join(out, "curves.png"))
+    print(open(os.path.join(out, "gap_table.md")).read())
 
 
 if __name__ == "__main__":

@@ -291,3 +291,30 @@ def test_aggregate_compares_the_seeds_of_a_row_at_their_common_step(tmp_path):
     md = open(tmp_path / "gap_table.md").read()
     assert "ppo_procgen seed 1 to 200" in md
     assert "|\n| random policy |" in md  # the random row stays inside the table, the note comes after it
+
+
+def test_aggregate_joins_the_runs_of_several_folders(tmp_path, capsys):
+    base, nobn, out = tmp_path / "base", tmp_path / "nobn", tmp_path / "both"
+    write_run(base, "ppo_procgen", 1, [row(0, 3, 3), row(100, 8, 7)])
+    for seed, (tr, te) in enumerate([(9.0, 7.0), (8.0, 5.0)], start=1):
+        write_run(nobn, "ppo_procgen_nobn", seed, [row(0, 3, 3), row(100, tr, te)])
+    aggregate.main([str(base), str(nobn), "--out", str(out), "--last", "1"])
+    t = json.load(open(out / "gap_table.json"))
+    assert sorted(t["variants"]) == ["ppo_procgen", "ppo_procgen_nobn"]
+    assert t["variants"]["ppo_procgen_nobn"]["gap"]["values"] == [2.0, 3.0]
+    assert t["batchnorm"]["gap"]["difference"] == pytest.approx(1.5)  # no-BN 2.5 - base 1.0
+    assert (out / "curves.png").is_file() and not (base / "gap_table.json").exists()
+    assert "Not like for like" not in (out / "gap_table.md").read_text()
+    longer = tmp_path / "longer"  # no-BN runs that went further than the base: compared at different steps unless cut
+    for seed in [1, 2]:
+        write_run(longer, "ppo_procgen_nobn", seed, [row(0, 3, 3), row(100, 8, 7), row(200, 9, 7)])
+    aggregate.main([str(base), str(longer), "--out", str(out), "--last", "1"])
+    assert "Not like for like: ppo_procgen at step 100, ppo_procgen_nobn at step 200" in (out / "gap_table.md").read_text()
+    aggregate.main([str(base), str(longer), "--out", str(out), "--last", "1", "--max-step", "100"])
+    assert "Not like for like" not in (out / "gap_table.md").read_text()
+    with pytest.raises(SystemExit):  # several folders need --out
+        aggregate.main([str(base), str(nobn)])
+    assert "--out names the folder" in capsys.readouterr().err
+    write_run(tmp_path / "again", "ppo_procgen_nobn", 2, [row(0, 3, 3), row(100, 8, 8)])
+    with pytest.raises(SystemExit, match="ppo_procgen_nobn seed 2 is in both"):
+        aggregate.main([str(nobn), str(tmp_path / "again"), "--out", str(out)])
