@@ -39,6 +39,11 @@ def read_eval(run_dir):
     return [json.loads(line) for line in open(os.path.join(run_dir, "eval.jsonl"))]
 
 
+def final_weights(run_dir):
+    ckpt = sorted(os.listdir(os.path.join(run_dir, "checkpoints")))[-1]
+    return torch.load(os.path.join(run_dir, "checkpoints", ckpt), weights_only=True)["model"]
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """One tiny training run of the base script: 3 iterations, evals at 0/256/384, checkpoints at 256/384."""

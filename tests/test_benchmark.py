@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import torch
-from conftest import ROOT, run_script
+from conftest import ROOT, final_weights, read_eval, run_script
 
 
 def test_vs_reference_interpolates_the_published_curve(tmp_path):
@@ -182,3 +182,32 @@ def test_gpu_session_brings_back_a_resumable_run_folder(tmp_path):
     env.pop("OUT")
     proc = subprocess.run(["bash", script], capture_output=True, text=True, env=env, cwd=ROOT)
     assert proc.returncode != 0 and "set OUT" in proc.stderr
+
+
+def test_fork_run_continues_exactly_and_changes_only_what_it_is_told(tiny_run, tmp_path):
+    run_dir, _ = tiny_run  # checkpoints at 256 and 384, evaluations at 0, 256 and 384
+    same, changed = tmp_path / "same", tmp_path / "changed"
+    run_script("benchmark/fork_run.py", run_dir, 256, same, "--set", "target_kl=none")  # its value already
+    run_script("benchmark/fork_run.py", run_dir, 256, changed, "--set", "norm-reward=true", "--set", "ent_coef=0.5")
+    for fork in [same, changed]:
+        assert sorted(os.listdir(fork / "checkpoints")) == ["step_0000000256.pt"]
+        run_script("ppo_procgen.py", "--resume", fork)
+        assert [r["global_step"] for r in read_eval(fork)] == [0, 256, 384]
+        assert read_eval(fork)[:2] == read_eval(run_dir)[:2]  # the original's, copied
+    weights = [final_weights(d) for d in [run_dir, same, changed]]
+    assert read_eval(same) == read_eval(run_dir) and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+    ckpt = torch.load(changed / "checkpoints" / "step_0000000384.pt", weights_only=True)
+    assert ckpt["args"]["norm_reward"] is True and ckpt["args"]["ent_coef"] == 0.5
+    assert ckpt["reward_scaler"]["count"] > 1  # the rewards went through the scaler
+    for args, message in [
+        ([256, tmp_path / "x", "--set", "num_envs=8"], "give NAME=VALUE with NAME one of"),
+        ([256, tmp_path / "x", "--set", "norm_reward=yes"], "norm_reward takes true or false"),
+        ([256, tmp_path / "x", "--set", "ent_coef=much"], "ent_coef takes a float"),
+        ([256, tmp_path / "x"], "nothing to change"),
+        ([100, tmp_path / "x", "--set", "ent_coef=0.02"], "there are: step_0000000256.pt, step_0000000384.pt"),
+        ([256, same, "--set", "ent_coef=0.02"], "exists; a fork starts a new run folder"),
+    ]:
+        proc = run_script("benchmark/fork_run.py", run_dir, *args, check=False)
+        assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "x").exists()

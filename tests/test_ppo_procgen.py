@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY, read_eval, run_dirs, run_script
+from conftest import ROOT, TINY, final_weights, read_eval, run_dirs, run_script
 
 import ppo_procgen as base
 
@@ -76,11 +76,6 @@ def reference_run(tmp_path_factory):
     runs = tmp_path_factory.mktemp("reference")
     run_script("ppo_procgen.py", *TRAIN_512, "--runs-dir", runs)
     return run_dirs(runs)[0]
-
-
-def final_weights(run_dir):
-    ckpt = sorted(os.listdir(os.path.join(run_dir, "checkpoints")))[-1]
-    return torch.load(os.path.join(run_dir, "checkpoints", ckpt), weights_only=True)["model"]
 
 
 def assert_same_run(a, b):
