@@ -62,6 +62,11 @@ def test_scalars_averages_each_tag_over_blocks_of_steps(tmp_path):
                      "losses/entropy", "losses/clipfrac").stdout  # fmt: skip
     assert "| steps up to | approx_kl | entropy | clipfrac |" in out
     assert "| 200 | 0.02 | 2.1 | - |" in out and "| 400 | 0.05 | - | - |" in out  # (0, 200] and (200, 400]
+    run_script("benchmark/scalars.py", tmp_path / "run", "--block", "200", "--plot", tmp_path / "s.png")
+    assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(tmp_path.glob("*.tmp*"))
+    for bad in [tmp_path / "s.txt", tmp_path / "missing" / "s.png"]:
+        proc = run_script("benchmark/scalars.py", tmp_path / "run", "--plot", bad, check=False)
+        assert proc.returncode != 0 and "--plot needs a .png file" in proc.stderr and not bad.exists()
     proc = run_script("benchmark/scalars.py", tmp_path, check=False)  # no event files there
     assert proc.returncode != 0 and "no TensorBoard events" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_script("benchmark/scalars.py", tmp_path / "run", "--block", "0", check=False)
