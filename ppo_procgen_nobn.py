@@ -729,7 +729,7 @@ if __name__ == "__main__":
 
         # Optimizing the policy and value network
         agent.train()
-        clipfracs = []
+        clipfracs, grad_norms = [], []
         rollout_kl = None
         for epoch in range(args.update_epochs):
             b_inds = torch.randperm(args.batch_size, device=device)
@@ -759,7 +759,7 @@ if __name__ == "__main__":
                 optimizer.zero_grad()
                 scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                grad_norms += [nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)]  # the norm before clipping
                 scaler.step(optimizer)
                 scaler.update()
 
@@ -768,6 +768,7 @@ if __name__ == "__main__":
 
         y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
         clipfrac, rollout_kl = torch.stack(clipfracs).mean().item(), rollout_kl.item()
+        grad_norm = torch.stack(grad_norms).mean().item()
         var_y = np.var(y_true)
         explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
         t_update = time.time() - t_update
@@ -789,6 +790,7 @@ if __name__ == "__main__":
         writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
         writer.add_scalar("losses/rollout_kl", rollout_kl, global_step)
         writer.add_scalar("losses/clipfrac", clipfrac, global_step)
+        writer.add_scalar("losses/grad_norm", grad_norm, global_step)  # > max_grad_norm: the step was clipped
         writer.add_scalar("losses/explained_variance", explained_var, global_step)
         sps = int((global_step - start_step) / (time.time() - start_time))
         writer.add_scalar("charts/SPS", sps, global_step)

@@ -46,11 +46,12 @@ def tensorboard_scalars(run_dir):
 def test_logs_cleanrl_keys_and_the_bn_mismatch(tiny_run):
     scalars = tensorboard_scalars(tiny_run[0])
     for key in ["charts/SPS", "losses/value_loss", "losses/policy_loss", "losses/entropy",
-                "losses/approx_kl", "losses/clipfrac", "losses/explained_variance", "losses/rollout_kl",
+                "losses/approx_kl", "losses/clipfrac", "losses/grad_norm", "losses/explained_variance", "losses/rollout_kl",
                 "eval/train_return", "eval/test_return", "eval/gap", "eval/bn_mode_kl", "charts/levels_seen",
                 "perf/update_time", "perf/peak_rss_gib"]:  # fmt: skip
         assert key in scalars, key
     assert "perf/gpu_memory_gib" not in scalars  # a cpu run has no GPU memory to report
+    assert all(0 < norm < 1e3 for _, norm in scalars["losses/grad_norm"])  # before clipping, mean over minibatches
     rss = [gib for _, gib in scalars["perf/peak_rss_gib"]]
     assert 0.2 < rss[0] <= rss[-1] < 16, rss  # torch + procgen resident, never decreasing (a peak), not KiB or bytes
     # Acting and updating normalise alike: the ratio starts near 1, far below what one update moves the policy.
