@@ -3,9 +3,9 @@
 Usage: python benchmark/scalars.py RUN_DIR [...] [--block STEPS] [--tags TAG ...] [--plot FIGURE.png]
 One table per run: a row per block of STEPS steps ((k-1) x STEPS, k x STEPS], a column per tag, each the mean of the
 values the run logged in that block ("-" where it logged none). --plot also draws them: a panel per tag, a line per
-run. The default tags are the update's: approx_kl (the
-last minibatch's KL from the acting policy), clipfrac, entropy (ln 15 = 2.71 is uniform over CoinRun's 15 actions),
-explained_variance and rollout_kl (acting vs. updating policy before the first gradient step).
+run. The default tags are the update's: approx_kl (the last minibatch's KL from the acting policy), clipfrac, entropy
+(ln 15 = 2.71 is uniform over CoinRun's 15 actions), explained_variance and rollout_kl (acting vs. updating policy
+before the first gradient step).
 """
 
 import argparse
