@@ -11,6 +11,7 @@ Output: grad_terms.md. fp32, one thread, ~2.5 min of CPU.
 
 import os
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -45,7 +46,7 @@ with torch.inference_mode():
     next_value = agent.get_value(next_obs)
 print(f"step {STEP}: {int((rewards > 0).sum())} coin steps, {int(dones.sum())} episode starts in {n_steps * n_envs} steps")
 b_obs, b_act, b_logp = obs.flatten(0, 1), actions.flatten().long(), logprobs.flatten()
-params = [p for p in agent.parameters()]
+params = list(agent.parameters())
 
 
 def term_norms(scale):
@@ -54,13 +55,12 @@ def term_norms(scale):
     adv = m.compute_gae(rewards / scale, values, dones, next_value, next_done, a["gamma"], a["gae_lambda"])
     ret = (adv + values).flatten()
     adv, vals = adv.flatten(), values.flatten()
-    ns = type("A", (), a)()
     out = []
     for k in range(4):
         idx = torch.randperm(len(b_obs), generator=torch.Generator().manual_seed(k))[:2048]
         _, newlogp, entropy, newvalue = agent.get_action_and_value(b_obs[idx], b_act[idx])
         ratio = (newlogp - b_logp[idx]).exp()
-        pg, v = m.ppo_losses(ratio, adv[idx], newvalue, vals[idx], ret[idx], ns)
+        pg, v = m.ppo_losses(ratio, adv[idx], newvalue, vals[idx], ret[idx], SimpleNamespace(**a))
         terms = {"policy": pg, "entropy": -a["ent_coef"] * entropy.mean(), "value": a["vf_coef"] * v}
         norms, grads = {}, {}
         for name, loss in terms.items():
