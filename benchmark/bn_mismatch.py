@@ -1,8 +1,10 @@
-"""Where losses/rollout_kl comes from: the acting policy vs. the policy the PPO update sees, from a base checkpoint.
+"""Where losses/rollout_kl comes from: the acting policy (and value) vs. the one the PPO update sees, from a base checkpoint.
 
 The base variant acts in eval mode (BN running statistics, re-estimated after every update) and updates in train mode
 (statistics of each minibatch). This collects the checkpoint's next rollout exactly as training would (same weights,
-BN buffers and env states), then measures the exact mean KL(acting || other) over that rollout for:
+BN buffers and env states), then measures, over that rollout, the exact mean KL(acting || other), the mean and rms
+of (other - acting) value, and other's unclipped value loss against the update's targets (GAE lambda-returns from the
+acting values), for:
 - train mode, minibatches of each size given (what the update's first minibatch sees, so rollout_kl's expectation),
 - eval mode in fp32 and eval mode at the update's batch size (pure numerics: bf16 rounding, batch-size kernels),
 - eval mode after re-estimating the statistics on this rollout (how far the refresh after an update moves the policy
@@ -30,16 +32,30 @@ def kl(logp, logq):
 
 
 @torch.inference_mode()
-def logits_in_minibatches(agent, obs, minibatch_size, training, generator):
-    """Log-policy on every observation, computed in shuffled minibatches in train or eval mode; BN buffers untouched."""
+def policy_in_minibatches(agent, obs, minibatch_size, training, generator):
+    """Log-policy and value on every observation, computed in shuffled minibatches in train or eval mode; BN buffers
+    untouched."""
     buffers = {k: v.clone() for k, v in agent.named_buffers()}
     agent.train(training)
     perm = torch.randperm(len(obs), generator=generator)
-    out = torch.empty(len(obs), agent.actor.out_features)
+    logp, values = torch.empty(len(obs), agent.actor.out_features), torch.empty(len(obs))
     for idx in perm.split(minibatch_size):
-        out[idx] = torch.log_softmax(agent(obs[idx])[0], -1)
+        logits, values[idx] = agent(obs[idx])
+        logp[idx] = torch.log_softmax(logits, -1)
     agent.load_state_dict(buffers, strict=False)
-    return out
+    return logp, values
+
+
+def compare(acting, others, returns=None):
+    """Table cells, each the mean over `others`: KL(acting || other), mean and rms of (other - acting) value, and
+    other's 0.5 * mse to `returns`."""
+    rows = []
+    for logp, value in others:
+        shift = value - acting[1]
+        loss = 0.5 * (value - returns).pow(2).mean().item() if returns is not None else float("nan")
+        rows.append([kl(acting[0], logp), shift.mean().item(), shift.pow(2).mean().sqrt().item(), loss])
+    cells = np.mean(rows, axis=0)
+    return f"{cells[0]:.2e} | {cells[1]:+.3f} | {cells[2]:.3f} | {cells[3]:.3f}"
 
 
 def main():
@@ -67,33 +83,45 @@ def main():
 
     # the next rollout, acting exactly as the trainer does (eval mode, autocast as configured, batch of num_envs)
     agent.eval()
-    obs, acting = [], []
-    next_obs = ckpt["env"]["next_obs"]
+    obs, logps, values, rewards, dones = [], [], [], [], []
+    next_obs, next_done = ckpt["env"]["next_obs"], ckpt["env"]["next_done"]
+    scaler = base.RewardScaler(args.num_envs, args.gamma)
+    scaler.load_state_dict(ckpt["reward_scaler"])
     with torch.inference_mode():
         for _ in range(cli.num_steps):
-            logits = agent(next_obs)[0]
+            logits, value = agent(next_obs)
             obs.append(next_obs)
-            acting.append(torch.log_softmax(logits, -1))
+            dones.append(next_done)
+            logps.append(torch.log_softmax(logits, -1))
+            values.append(value)
             action = torch.distributions.Categorical(logits=logits).sample()
-            next_obs = torch.as_tensor(envs.step(action.numpy())[0]["rgb"])
-    obs, acting = torch.cat(obs), torch.cat(acting)
+            o, reward, done, _ = envs.step(action.numpy())
+            rewards.append(torch.as_tensor(scaler(reward, done) if args.norm_reward else reward, dtype=torch.float32))
+            next_obs, next_done = torch.as_tensor(o["rgb"]), torch.as_tensor(done, dtype=torch.float32)
+        next_value = agent(next_obs)[1]
+    v = torch.stack(values)
+    adv = base.compute_gae(torch.stack(rewards), v, torch.stack(dones), next_value, next_done, args.gamma, args.gae_lambda)
+    returns = (adv + v).flatten()  # the update's value targets
+    obs, acting = torch.cat(obs), (torch.cat(logps), v.flatten())
     gen = torch.Generator().manual_seed(0)
     print(f"{path}: step {ckpt['global_step']}, {len(obs)} observations, amp {args.amp}, "
-          f"policy entropy {-(acting.exp() * acting).sum(-1).mean():.3f}")  # fmt: skip
-    print("| policy compared with the acting policy | mean KL |\n|---|---|")
+          f"policy entropy {-(acting[0].exp() * acting[0]).sum(-1).mean():.3f}")  # fmt: skip
+    print("| compared with the acting policy and value | mean KL | value shift, mean | value shift, rms "
+          "| value loss (0.5 mse to the update's targets) |\n|---|---|---|---|---|")  # fmt: skip
     print(f"| eval mode, batch {args.minibatch_size} (numerics only) | "
-          f"{kl(acting, logits_in_minibatches(agent, obs, args.minibatch_size, False, gen)):.2e} |")  # fmt: skip
+          f"{compare(acting, [policy_in_minibatches(agent, obs, args.minibatch_size, False, gen)], returns)} |")  # fmt: skip
     amp, agent.amp_dtype = agent.amp_dtype, None
-    print(f"| eval mode, fp32 (numerics only) | {kl(acting, logits_in_minibatches(agent, obs, 512, False, gen)):.2e} |")
+    fp32 = policy_in_minibatches(agent, obs, 512, False, gen)
+    print(f"| eval mode, fp32 (numerics only) | {compare(acting, [fp32], returns)} |")
     agent.amp_dtype = amp
     for size in cli.minibatch_sizes:
-        kls = [kl(acting, logits_in_minibatches(agent, obs, size, True, gen)) for _ in range(2)]
-        print(f"| train mode, minibatch {size} (the update's view) | {np.mean(kls):.2e} |")
+        shuffles = [policy_in_minibatches(agent, obs, size, True, gen) for _ in range(2)]
+        print(f"| train mode, minibatch {size} (the update's view) | {compare(acting, shuffles, returns)} |")
     # what re-estimating the statistics on this rollout alone moves (--bn-update running's losses/bn_refresh_kl)
     idx = torch.randperm(len(obs), generator=gen)[: 16 * args.minibatch_size]
     base.refresh_bn_stats(agent, obs[idx], args.minibatch_size)
-    refreshed = logits_in_minibatches(agent, obs, args.minibatch_size, False, gen)
-    print(f"| eval mode, statistics re-estimated on this rollout | {kl(acting, refreshed):.2e} |")
+    refreshed = policy_in_minibatches(agent, obs, args.minibatch_size, False, gen)
+    print(f"| eval mode, statistics re-estimated on this rollout | {compare(acting, [refreshed], returns)} |")
 
     # sampling noise alone: statistics of the first half of the rollout vs. the second half's own, same weights
     norms = [(n, m) for n, m in agent.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
@@ -108,19 +136,20 @@ def main():
             mean, var = f if u else s
             m.running_mean.copy_(mean)
             m.running_var.copy_(var)
-        return logits_in_minibatches(agent, second, args.minibatch_size, False, gen)
+        return policy_in_minibatches(agent, second, args.minibatch_size, False, gen)
 
     own = policy_on_second([False] * len(norms))
     print(f"| eval mode on the second half, first half's statistics vs. its own (sampling noise, same weights) | "
-          f"{kl(own, policy_on_second([True] * len(norms))):.2e} |")  # fmt: skip
+          f"{compare(own, [policy_on_second([True] * len(norms))])} |")  # fmt: skip
     if cli.per_layer:
-        print("\n| BN layer (only its statistics from the first half) | channels | mean KL | max abs mean shift / std |")
-        print("|---|---|---|---|")
+        print("\n| BN layer (only its statistics from the first half) | channels | mean KL | value shift, mean "
+              "| max abs mean shift / std |\n|---|---|---|---|---|")  # fmt: skip
         for i, (name, m) in enumerate(norms):
-            swapped = kl(own, policy_on_second([j == i for j in range(len(norms))]))
+            swapped = policy_on_second([j == i for j in range(len(norms))])
             (mu1, _), (mu2, var2) = stats[0][i], stats[1][i]
             shift = ((mu1 - mu2).abs() / (var2 + m.eps).sqrt()).max().item()
-            print(f"| {name} | {len(mu1)} | {swapped:.2e} | {shift:.3f} |")
+            vshift = (swapped[1] - own[1]).mean().item()
+            print(f"| {name} | {len(mu1)} | {kl(own[0], swapped[0]):.2e} | {vshift:+.3f} | {shift:.3f} |")
 
 
 if __name__ == "__main__":

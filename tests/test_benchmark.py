@@ -2,6 +2,7 @@
 session script run."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -77,15 +78,19 @@ def test_bn_mismatch_measures_acting_vs_update_policy(tiny_run):
     args = ("--num-steps", "8", "--minibatch-sizes", "16", "32", "--per-layer")
     out = run_script("benchmark/bn_mismatch.py", tiny_run[0], *args).stdout
     cells = [line.strip("|").split("|") for line in out.splitlines() if line.startswith("| ") and "KL" not in line]
-    rows = {c[0].strip(): float(c[1]) for c in cells if len(c) == 2}
-    layers = {c[0].strip(): float(c[2]) for c in cells if len(c) == 4}
-    assert "step 384, 32 observations" in out and len(rows) == 6
-    assert rows["eval mode, batch 64 (numerics only)"] < 1e-6  # the acting policy itself
-    assert rows["train mode, minibatch 16 (the update's view)"] > 0
-    assert rows["eval mode, statistics re-estimated on this rollout"] > 0
-    assert rows["eval mode on the second half, first half's statistics vs. its own (sampling noise, same weights)"] > 0
+    # row -> (KL, value shift mean, value shift rms, value loss); BN layer -> (channels, KL, value shift, mean shift)
+    rows = {c[0].strip(): [float(x) for x in c[1:]] for c in cells if len(c) == 5}
+    layers = {c[0].strip(): [float(x) for x in c[1:]] for c in cells if len(c) == 5 and c[0].startswith(" network")}
+    assert "step 384, 32 observations" in out and len(rows) - len(layers) == 6
+    kl, shift, rms, loss = rows["eval mode, batch 64 (numerics only)"]
+    assert kl < 1e-6 and abs(shift) < 1e-4 and rms < 1e-4 and loss > 0  # the acting policy and value themselves
+    kl, shift, rms, loss = rows["train mode, minibatch 16 (the update's view)"]
+    assert kl > 0 and rms > 0 and abs(shift) <= rms and loss > 0
+    assert rows["eval mode, statistics re-estimated on this rollout"][0] > 0
+    noise = rows["eval mode on the second half, first half's statistics vs. its own (sampling noise, same weights)"]
+    assert noise[0] > 0 and noise[2] > 0 and math.isnan(noise[3])  # no value targets for that comparison
     assert len(layers) == 15 and "network.0.1" in layers  # 3 stages: conv-BN, 2 residual blocks of 2 BN each
-    assert all(v >= 0 for v in layers.values()) and max(layers.values()) > 0
+    assert all(v[1] >= 0 for v in layers.values()) and max(v[1] for v in layers.values()) > 0
     proc = run_script("benchmark/bn_mismatch.py", "/nonexistent", check=False)
     assert proc.returncode != 0 and "no checkpoint" in proc.stderr and "Traceback" not in proc.stderr
 
