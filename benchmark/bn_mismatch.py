@@ -46,6 +46,31 @@ def policy_in_minibatches(agent, obs, minibatch_size, training, generator):
     return logp, values
 
 
+@torch.inference_mode()
+def replay_next_rollout(m, agent, ckpt, num_steps):
+    """A checkpoint's next rollout as its run would have collected it: its envs' saved states and observations, the
+    agent in eval mode (as the scripts act), actions sampled with torch's global RNG, rewards scaled as the run scaled
+    them. m: the variant's module. Returns (num_steps, num_envs, ...) tensors obs, actions, logp (the log-policy over
+    all actions), values, rewards, dones (obs[t] starts an episode), then next_value and next_done."""
+    a = ckpt["args"]
+    envs = m.make_env(a["env_id"], a["num_envs"], a["num_levels"], a["start_level"], a["distribution_mode"], 0)
+    envs.env.callmethod("set_state", [bytes(s.numpy()) for s in ckpt["env"]["states"]])
+    scaler = m.RewardScaler(a["num_envs"], a["gamma"])
+    scaler.load_state_dict(ckpt["reward_scaler"])
+    agent.eval()
+    next_obs, next_done, steps = ckpt["env"]["next_obs"], ckpt["env"]["next_done"], []
+    for _ in range(num_steps):
+        logits, value = agent(next_obs)
+        action = torch.distributions.Categorical(logits=logits).sample()
+        o, reward, done, _ = envs.step(action.numpy())
+        reward = torch.as_tensor(scaler(reward, done) if a.get("norm_reward") else reward, dtype=torch.float32)
+        steps.append((next_obs, action, torch.log_softmax(logits, -1), value, reward, next_done))
+        next_obs, next_done = torch.as_tensor(o["rgb"]), torch.as_tensor(done, dtype=torch.float32)
+    next_value = agent(next_obs)[1]
+    envs.close()
+    return (*(torch.stack(x) for x in zip(*steps)), next_value, next_done)
+
+
 def compare(acting, others, returns=None):
     """Table cells, each the mean over `others`: KL(acting || other), mean and rms of (other - acting) value, and
     other's 0.5 * mse to `returns`."""
@@ -73,36 +98,17 @@ def main():
     ckpt = base.load_checkpoint(path)
     args = base.Args(**{**ckpt["args"], "channels": tuple(ckpt["args"]["channels"])})
     torch.manual_seed(0)
-    envs = base.make_env(args.env_id, args.num_envs, args.num_levels, args.start_level, args.distribution_mode, 0)
-    envs.env.callmethod("set_state", [bytes(s.numpy()) for s in ckpt["env"]["states"]])
-    agent = base.Agent(envs.action_space.n, args.arch, args.channels, args.pool)
+    agent = base.Agent(ckpt["model"]["actor.weight"].shape[0], args.arch, args.channels, args.pool)
     agent.load_state_dict(ckpt["model"])
     base.set_speed_options(agent, args, torch.device("cpu"))
     if args.bn_act != "running":
         base.fail(f"{path} acts with --bn-act {args.bn_act}; this measures the running-statistics mode")
 
     # the next rollout, acting exactly as the trainer does (eval mode, autocast as configured, batch of num_envs)
-    agent.eval()
-    obs, logps, values, rewards, dones = [], [], [], [], []
-    next_obs, next_done = ckpt["env"]["next_obs"], ckpt["env"]["next_done"]
-    scaler = base.RewardScaler(args.num_envs, args.gamma)
-    scaler.load_state_dict(ckpt["reward_scaler"])
-    with torch.inference_mode():
-        for _ in range(cli.num_steps):
-            logits, value = agent(next_obs)
-            obs.append(next_obs)
-            dones.append(next_done)
-            logps.append(torch.log_softmax(logits, -1))
-            values.append(value)
-            action = torch.distributions.Categorical(logits=logits).sample()
-            o, reward, done, _ = envs.step(action.numpy())
-            rewards.append(torch.as_tensor(scaler(reward, done) if args.norm_reward else reward, dtype=torch.float32))
-            next_obs, next_done = torch.as_tensor(o["rgb"]), torch.as_tensor(done, dtype=torch.float32)
-        next_value = agent(next_obs)[1]
-    v = torch.stack(values)
-    adv = base.compute_gae(torch.stack(rewards), v, torch.stack(dones), next_value, next_done, args.gamma, args.gae_lambda)
+    obs, _, logps, v, rewards, dones, next_value, next_done = replay_next_rollout(base, agent, ckpt, cli.num_steps)
+    adv = base.compute_gae(rewards, v, dones, next_value, next_done, args.gamma, args.gae_lambda)
     returns = (adv + v).flatten()  # the update's value targets
-    obs, acting = torch.cat(obs), (torch.cat(logps), v.flatten())
+    obs, acting = obs.flatten(0, 1), (logps.flatten(0, 1), v.flatten())
     gen = torch.Generator().manual_seed(0)
     print(f"{path}: step {ckpt['global_step']}, {len(obs)} observations, amp {args.amp}, "
           f"policy entropy {-(acting[0].exp() * acting[0]).sum(-1).mean():.3f}")  # fmt: skip

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.getcwd())
+from benchmark.bn_mismatch import replay_next_rollout  # noqa: E402
 
 RUN = "benchmark/results/long_seed1/runs/coinrun__ppo_procgen_nobn__1__1795614836"
 ROLLOUT_SEED = int(os.environ.get("ROLLOUT_SEED", 0))
@@ -36,38 +37,17 @@ SCALES = [("raw (coin 10)", 1.0)] + ([("/ 0.79 (coin 12.7)", 0.79)] if len(sys.a
 torch.set_num_threads(1)
 
 
-def rollout(m, agent, ckpt, n_steps=256):
-    """The checkpoint's next rollout: its envs' saved states, observations and episode starts, acting in eval mode."""
-    a = ckpt["args"]
-    envs = m.make_env(a["env_id"], a["num_envs"], a["num_levels"], a["start_level"], a["distribution_mode"], 0)
-    envs.env.callmethod("set_state", [bytes(s.numpy()) for s in ckpt["env"]["states"]])
-    obs = torch.zeros((n_steps, a["num_envs"], 64, 64, 3), dtype=torch.uint8)
-    actions, logprobs, rewards, dones, values = (torch.zeros((n_steps, a["num_envs"])) for _ in range(5))
-    next_obs, next_done = ckpt["env"]["next_obs"], ckpt["env"]["next_done"]
-    agent.eval()
-    with torch.inference_mode():
-        for t in range(n_steps):
-            obs[t], dones[t] = next_obs, next_done
-            action, logprob, _, value = agent.get_action_and_value(next_obs)
-            actions[t], logprobs[t], values[t] = action, logprob, value
-            o, r, d, _ = envs.step(action.numpy())
-            rewards[t], next_obs = torch.as_tensor(r), torch.as_tensor(o["rgb"])
-            next_done = torch.as_tensor(d, dtype=torch.float32)
-        next_value = agent.get_value(next_obs)
-    envs.close()
-    agent.train()
-    return obs, actions, logprobs, rewards, dones, values, next_value, next_done
-
-
 def term_norms(m, agent, a, batch, scale):
     """Mean over 4 minibatches of 2048 of each weighted term's gradient norm (all parameters and the torso alone), the
     total's, and the torso's policy/value cosine; rewards divided by `scale`."""
-    obs, actions, logprobs, rewards, dones, values, next_value, next_done = batch
+    obs, actions, logp, values, rewards, dones, next_value, next_done = batch
+    logprobs = logp.gather(-1, actions[..., None]).squeeze(-1)
     adv = m.compute_gae(rewards / scale, values, dones, next_value, next_done, a["gamma"], a["gae_lambda"])
     ret, adv, vals = (adv + values).flatten(), adv.flatten(), values.flatten()
-    b_obs, b_act, b_logp = obs.flatten(0, 1), actions.flatten().long(), logprobs.flatten()
+    b_obs, b_act, b_logp = obs.flatten(0, 1), actions.flatten(), logprobs.flatten()
     params = list(agent.parameters())
-    torso = torch.cat([torch.full((p.numel(),), any(p is q for q in agent.network.parameters())) for p in params])
+    shared = {id(q) for q in agent.network.parameters()}
+    torso = torch.cat([torch.full((p.numel(),), id(p) in shared) for p in params])
     out = []
     for k in range(4):
         idx = torch.randperm(len(b_obs), generator=torch.Generator().manual_seed(k))[:2048]
@@ -102,11 +82,12 @@ for path in CKPTS:
     agent.load_state_dict(ckpt["model"])
     if a.get("norm_reward"):
         sys.exit(f"grad_terms.py: error: {path}: trained with --norm-reward; this replays raw rewards")
-    batch = rollout(m, agent, ckpt)
+    batch = replay_next_rollout(m, agent, ckpt, 256)  # 256 steps of 64 envs: the runs' own batch
+    agent.train()  # the update's view: BN, if any, with each minibatch's statistics
     label = f"{ckpt['variant']} seed {a['seed']} at {ckpt['global_step']:,}"
     for scale_label, scale in SCALES:
         n = term_norms(m, agent, a, batch, scale)
         f = min(1.0, a["max_grad_norm"] / n["total"])
         cells = [f"{n[k]:.3f}" for k in ["policy", "entropy", "value", "total"]] + [f"{f:.2f}", f"{n['v_loss']:.3f}"]
         cells += [f"{n[k]:.3f}" for k in ["torso_policy", "torso_value", "cos"]]
-        print(f"| {label} | {scale_label} | {int((batch[3] > 0).sum())} | " + " | ".join(cells) + " |", flush=True)
+        print(f"| {label} | {scale_label} | {int((batch[4] > 0).sum())} | " + " | ".join(cells) + " |", flush=True)
