@@ -74,8 +74,11 @@ print("| checkpoint | rewards | coin steps | policy | entropy | value | total | 
 print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for path in CKPTS:
     torch.manual_seed(ROLLOUT_SEED)
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if ckpt["variant"] not in ("ppo_procgen", "ppo_procgen_nobn"):
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # missing, not a torch file, or truncated
+        sys.exit(f"grad_terms.py: error: {path} is not a readable checkpoint ({type(e).__name__})")
+    if ckpt.get("variant") not in ("ppo_procgen", "ppo_procgen_nobn"):
         sys.exit(f"grad_terms.py: error: {path}: only ppo_procgen and ppo_procgen_nobn checkpoints")
     m, a = importlib.import_module(ckpt["variant"]), ckpt["args"]
     agent = m.Agent(15, a["arch"], tuple(a["channels"]), a["pool"])
