@@ -64,7 +64,7 @@ def load_agent(path, device):
     except RuntimeError as e:
         fail(f"{path} does not fit {ckpt['variant']}.py's {a['arch']} network: {str(e).splitlines()[0]}")
     speed = argparse.Namespace(  # inference only: no big freed blocks to retain
-        channels_last=device.type != "mps", amp="bf16" if device.type == "cpu" else "none", compile=False, retain_memory=False
+        channels_last=device.type != "mps", amp="auto" if device.type == "cpu" else "none", compile=False, retain_memory=False
     )
     module.set_speed_options(agent.to(device), speed, device)
     return module, a, path, agent.eval(), ckpt["global_step"]

@@ -47,8 +47,9 @@ class Args:
     # Speed options (see README: they were chosen by measurement and do not change learning)
     channels_last: bool = True
     """run the convolutions in channels-last memory format"""
-    amp: Literal["none", "bf16", "fp16"] = "bf16"
-    """autocast the network's forward passes (losses and optimizer stay fp32; fp16 uses a grad scaler)"""
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
+    """autocast the network's forward passes (losses and optimizer stay fp32; fp16 uses a grad scaler); auto: bf16 where
+    the hardware has it (CUDA from Ampere, MPS, CPUs with AVX512-BF16 or AMX), none elsewhere (README)"""
     compile: bool = False
     """torch.compile the update's forward and backward passes (acting and evaluation stay eager or graphed)"""
     cuda_graph: bool = True
@@ -373,11 +374,21 @@ def set_speed_options(agent, args, device):
     if args.channels_last:
         agent.to(memory_format=torch.channels_last)
     amp = args.amp
+    native_bf16 = {  # a CPU without bf16 instructions emulates it: 9x slower than fp32 on an AVX2 EPYC (README)
+        "cpu": lambda: torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported(),
+        "cuda": lambda: torch.cuda.is_bf16_supported(including_emulation=False),
+    }.get(device.type, lambda: True)()
+    if amp == "auto":
+        amp = "bf16" if native_bf16 else "none"
+        print(f"--amp auto: {amp} on this {device.type}" + ("" if native_bf16 else " (no native bf16)"))
+    elif amp == "bf16" and not native_bf16:
+        print(f"warning: this {device.type} has no native bf16, so --amp bf16 is emulated and slow; --amp auto runs fp32",
+              file=sys.stderr)  # fmt: skip
     if amp != "none" and not torch.amp.is_autocast_available(device.type):
         print(f"warning: autocast is not available on {device.type}; running --amp none", file=sys.stderr)
         amp = "none"
     if amp == "fp16" and device.type == "cpu":
-        print("warning: fp16 autocast is slow on CPU; consider --amp bf16", file=sys.stderr)
+        print("warning: fp16 autocast is slow on CPU; consider --amp auto", file=sys.stderr)
     agent.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     forward = torch.compile(agent) if args.compile else agent
     return forward, torch.amp.GradScaler(device.type, enabled=amp == "fp16")

@@ -21,7 +21,9 @@ usage: bash benchmark/coinrun.sh [options] [-- args passed to every run]
                           loudly, naming each run that is missing or unfinished
   --partition P  --time T  --gpus N  --cpus N  --mem M     Slurm resources per run (--cpus defaults to --threads)
 
-Re-running skips finished runs and resumes interrupted ones from their latest checkpoint. A failed run makes the
+Re-running skips finished runs and resumes interrupted ones from their latest checkpoint (args after -- go to
+resumed runs too: a resumed run takes a changed speed option such as --amp, and refuses any other changed setting).
+A failed run makes the
 harness exit non-zero, naming the run and its log; the table is still aggregated from what finished.
 EOF
 }
@@ -72,7 +74,7 @@ command_for() {
   if [ -n "$dir" ] && last=$(ls "$dir/checkpoints/"step_*.pt 2>/dev/null | tail -n 1) && [ -n "$last" ]; then
     step=$(basename "$last" .pt); step=$((10#${step#step_}))
     [ "$step" -ge "$total" ] && return 0
-    echo "$PY $v.py --resume $dir --total-timesteps $total --device $device --threads $threads"
+    echo "$PY $v.py --resume $dir --total-timesteps $total --device $device --threads $threads ${extra[*]:-}"
   else
     echo "$PY $v.py --seed $s --exp-name $n --total-timesteps $total --device $device --threads $threads" \
       "--runs-dir $out/runs ${extra[*]:-}"

@@ -16,18 +16,19 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FP32 = ["--amp", "none", "--no-channels-last", "--no-compile", "--no-cuda-graph"]
-DEFAULT = ["--amp", "bf16", "--channels-last", "--no-compile", "--cuda-graph"]
+DEFAULT = ["--amp", "auto", "--channels-last", "--no-compile", "--cuda-graph"]  # auto: bf16 where native (README)
 OPTION_SETS = {  # --retain-memory is on unless a set turns it off; --cuda-graph acts on cuda only
     "fp32": FP32,
     "fp32_no_retain": [*FP32, "--no-retain-memory"],
     "channels_last": ["--amp", "none", "--channels-last", "--no-compile", "--no-cuda-graph"],
+    "channels_last+bf16": ["--amp", "bf16", "--channels-last", "--no-compile", "--no-cuda-graph"],  # bf16 even if emulated
     "default": DEFAULT,
     "default_no_retain": [*DEFAULT, "--no-retain-memory"],
-    "default_no_graph": ["--amp", "bf16", "--channels-last", "--no-compile", "--no-cuda-graph"],
+    "default_no_graph": ["--amp", "auto", "--channels-last", "--no-compile", "--no-cuda-graph"],
     "default+nondeterministic": [*DEFAULT, "--no-torch-deterministic"],
-    "default+compile": ["--amp", "bf16", "--channels-last", "--compile"],
+    "default+compile": ["--amp", "auto", "--channels-last", "--compile"],
     "default+env16": [*DEFAULT, "--env-threads", "16"],  # procgen on 16 threads (the GPU machines' cores)
-    "default+env16+compile": ["--amp", "bf16", "--channels-last", "--compile", "--env-threads", "16"],
+    "default+env16+compile": ["--amp", "auto", "--channels-last", "--compile", "--env-threads", "16"],
 }
 OPTION_SETS["default+env16+compile+nondeterministic"] = [*OPTION_SETS["default+env16+compile"], "--no-torch-deterministic"]
 

@@ -122,7 +122,7 @@ def test_every_speed_option_set_is_valid_for_each_script():
         for flags in speed.OPTION_SETS.values():
             module.check_args(tyro.cli(module.Args, args=flags))  # a misspelt flag exits here, naming it
     args = tyro.cli(module.Args, args=speed.OPTION_SETS["default+env16+compile"])
-    assert (args.env_threads, args.compile, args.amp, args.channels_last) == (16, True, "bf16", True)
+    assert (args.env_threads, args.compile, args.amp, args.channels_last) == (16, True, "auto", True)
 
 
 def test_env_speed_times_each_thread_count_and_copy():

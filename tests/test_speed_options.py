@@ -52,6 +52,29 @@ def test_fast_path_matches_fp32(arch, options, logit_atol, grad_cos):
     assert (grad.norm() / grad_ref.norm() - 1).abs() < 1 - grad_cos + 0.01
 
 
+@pytest.mark.parametrize("script", ["ppo_procgen", "ppo_procgen_aug", "ppo_procgen_nobn"])
+def test_amp_auto_uses_bf16_only_where_the_cpu_has_it(script, monkeypatch, capsys):
+    """--amp auto (the default) is bf16 on a CPU with AVX512-BF16 or AMX and fp32 on one without, where bf16 is
+    emulated (9x slower on an AVX2 EPYC, README); an explicit --amp bf16 is kept there, with a warning."""
+    module = __import__(script)
+    for avx512_bf16, amx, amp, expected in [
+        (True, False, "auto", torch.bfloat16),
+        (False, True, "auto", torch.bfloat16),
+        (False, False, "auto", None),
+        (False, False, "bf16", torch.bfloat16),
+        (False, False, "none", None),
+    ]:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        agent = module.Agent(15, "espeholt", (16, 32, 32), "flatten")
+        options = SimpleNamespace(channels_last=True, amp=amp, compile=False, retain_memory=False)
+        module.set_speed_options(agent, options, torch.device("cpu"))
+        out, err = capsys.readouterr()
+        assert agent.amp_dtype == expected, (avx512_bf16, amx, amp)
+        assert ("no native bf16" in out) == (amp == "auto" and expected is None)
+        assert ("emulated and slow" in err) == (amp == "bf16")
+
+
 def test_compile_compiles_the_update_only():
     """--compile: set_speed_options returns a compiled agent for the update's forward and backward passes, which share
     the agent's weights and match fp32 as the eager fast path does; the agent itself (acting, evaluation) stays eager."""
