@@ -138,6 +138,8 @@ def test_shift_sensitivity_moves_the_image_with_edge_padding():
 
     torch.manual_seed(0)
     agent = ppo_procgen.Agent(15).eval()
+    # trained-looking logits: the 0.01-std head's KLs are ~1e-7, fp32 rounding, and came out negative on an AVX2 CPU
+    torch.nn.init.normal_(agent.actor.weight, std=0.5)
     flat = np.full((2, 4, 64, 64, 3), 90, dtype=np.uint8)  # one colour: edge padding leaves it unchanged, zeros would not
     flat[1] = 200
     same = eg.shift_sensitivity(agent, flat, torch.device("cpu"))
@@ -145,7 +147,7 @@ def test_shift_sensitivity_moves_the_image_with_edge_padding():
     frames = np.zeros((1, 4, 64, 64, 3), dtype=np.uint8)
     frames[:, :, 20:40, 28:36] = 255  # a bar: moving it moves the features
     moved = eg.shift_sensitivity(agent, frames, torch.device("cpu"))
-    assert moved["kl"] > 1e-7 and moved["feature_cosine"] < 0.9999
+    assert moved["kl"] > 1e-4 and moved["feature_cosine"] < 0.9999
     assert moved["kl_ci95"][0] <= moved["kl"] <= moved["kl_ci95"][1]
 
 
