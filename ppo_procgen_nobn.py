@@ -374,10 +374,10 @@ def set_speed_options(agent, args, device):
     if args.channels_last:
         agent.to(memory_format=torch.channels_last)
     amp = args.amp
-    native_bf16 = {  # a CPU without bf16 instructions emulates it: 9x slower than fp32 on an AVX2 EPYC (README)
-        "cpu": lambda: torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported(),
-        "cuda": lambda: torch.cuda.is_bf16_supported(including_emulation=False),
-    }.get(device.type, lambda: True)()
+    if device.type == "cpu":  # a CPU without bf16 instructions emulates it: 9x slower than fp32 on an AVX2 EPYC (README)
+        native_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    else:
+        native_bf16 = device.type != "cuda" or torch.cuda.is_bf16_supported(including_emulation=False)
     if amp == "auto":
         amp = "bf16" if native_bf16 else "none"
         print(f"--amp auto: {amp} on this {device.type}" + ("" if native_bf16 else " (no native bf16)"))
