@@ -77,9 +77,9 @@ def main():
           f"(seconds per iteration; eval: one evaluation of the run's --num-eval-episodes per split)\n")  # fmt: skip
     print("| options | SPS | speed-up | rollout | env | inference | update | eval | peak memory (GiB) | GPU memory (GiB) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for name, r in rows.items():
-        print(f"| {name} | {r['sps']:.0f} | {r['sps'] / base:.2f}x | {r['rollout']:.2f} | {r['env']:.2f} | "
-              f"{r['inference']:.2f} | {r['update']:.2f} | {r['eval']:.1f} | {r['peak_gb']:.1f} | "
+    for name, r in rows.items():  # times to 3 significant digits: a tiny run's env time would read 0.00 at .2f
+        print(f"| {name} | {r['sps']:.0f} | {r['sps'] / base:.2f}x | {r['rollout']:.3g} | {r['env']:.3g} | "
+              f"{r['inference']:.3g} | {r['update']:.3g} | {r['eval']:.1f} | {r['peak_gb']:.1f} | "
               f"{'-' if r['gpu_gb'] is None else format(r['gpu_gb'], '.1f')} |")  # fmt: skip
 
 
