@@ -72,17 +72,21 @@ for t in "${only[@]}"; do
   [[ "$known" == *" $t "* ]] || { echo "ablation.sh: error: unknown configuration '$t'; known:$known" >&2; exit 2; }
 done
 
-failed=()
+PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+failed=() horizon=$total
 for c in "${CONFIGS[@]}"; do
   IFS='|' read -r tag script flags <<<"$c"
   [ ${#only[@]} -eq 0 ] || [[ " ${only[*]} " == *" $tag "* ]] || continue
   read -ra flags <<<"$flags"
+  if [ ${#dry[@]} -eq 0 ]; then  # the table's horizon: where the longest configuration's runs end (whole batches)
+    end=$("$PY" benchmark/end_step.py "$script" "$total" "${flags[@]}" "${extra[@]}") || { failed+=("$tag"); continue; }
+    [ "$end" -gt "$horizon" ] && horizon=$end
+  fi
   bash benchmark/coinrun.sh --variants "$script" --name "$tag" --seeds "${seeds[@]}" --total-timesteps "$total" \
     --out "$out" ${threads:+--threads "$threads"} "${dry[@]}" -- \
     --eval-frequency 131072 --checkpoint-frequency 131072 "${flags[@]}" "${extra[@]}" || failed+=("$tag")
 done
-[ ${#dry[@]} -gt 0 ] || "${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}" \
-  benchmark/aggregate.py "$out" --max-step "$total" || failed+=("aggregation")
+[ ${#dry[@]} -gt 0 ] || "$PY" benchmark/aggregate.py "$out" --max-step "$horizon" || failed+=("aggregation")
 if [ ${#failed[@]} -gt 0 ]; then
   echo "ablation.sh: error: failed: ${failed[*]} (logs in $out/logs)" >&2
   exit 1

@@ -81,6 +81,16 @@ command_for() {
   fi
 }
 
+# The table's horizon: where a run of $total steps ends (rounded up to whole batches), so its last evaluation counts.
+horizon=$total
+if [ "$dry" = 0 ] || [ "$slurm" = 1 ]; then
+  for v in "${variants[@]}"; do
+    end=$("$PY" benchmark/end_step.py "$v" "$total" ${extra[@]+"${extra[@]}"}) ||
+      { echo "coinrun.sh: error: $v.py refuses the arguments after -- (above)" >&2; exit 2; }
+    [ "$end" -gt "$horizon" ] && horizon=$end
+  done
+fi
+
 mkdir -p "$out/logs"
 names=() cmds=()
 for v in "${variants[@]}"; do
@@ -99,7 +109,8 @@ if [ "$slurm" = 1 ]; then
   printf '%s\n' "${names[@]}" > "$sdir/names.txt"
   printf '%s\n' "${cmds[@]}" > "$sdir/commands.txt"
   expected=$(for v in "${variants[@]}"; do for s in "${seeds[@]}"; do printf '%s ' "${name:-$v}__$s"; done; done)
-  printf 'REPO=%q\nOUT=%q\nTHREADS=%q\nTOTAL=%q\nPY=%q\nEXPECTED=%q\n' "$(pwd)" "$(cd "$out" && pwd)" "$threads" "$total" \
+  printf 'REPO=%q\nOUT=%q\nTHREADS=%q\nTOTAL=%q\nHORIZON=%q\nPY=%q\nEXPECTED=%q\n' "$(pwd)" "$(cd "$out" && pwd)" \
+    "$threads" "$total" "$horizon" \
     "$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")" "$expected" > "$sdir/config.sh"
   opts=(--job-name=coinrun --cpus-per-task="${cpus:-$threads}" --output="$sdir/%A_%a.out")
   [ -n "$partition" ] && opts+=(--partition="$partition")
@@ -146,7 +157,7 @@ for i in "${!cmds[@]}"; do
 done
 while [ "${#pid_name[@]}" -gt 0 ]; do reap; done
 
-"$PY" benchmark/aggregate.py "$out" --max-step "$total" || failed+=("aggregation")  # one horizon for all runs
+"$PY" benchmark/aggregate.py "$out" --max-step "$horizon" || failed+=("aggregation")  # one horizon for all runs
 if [ ${#failed[@]} -gt 0 ]; then
   printf 'coinrun.sh: error: %d failed:\n' "${#failed[@]}" >&2
   printf '  %s\n' "${failed[@]}" >&2

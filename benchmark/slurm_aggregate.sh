@@ -3,7 +3,7 @@
 # coinrun.sh --slurm copies this file to OUT/slurm/ and submits it with --dependency=afterany:ARRAY_JOB.
 set -uo pipefail
 slurm_dir=${1:?usage: $0 OUT/slurm}  # Slurm runs a copy of this script, so the folder is an argument
-source "$slurm_dir/config.sh"  # REPO, OUT, TOTAL, PY, EXPECTED (variant__seed ...)
+source "$slurm_dir/config.sh"  # REPO, OUT, TOTAL, HORIZON, PY, EXPECTED (variant__seed ...)
 cd "$REPO"
 missing=()
 for name in $EXPECTED; do
@@ -12,7 +12,7 @@ for name in $EXPECTED; do
   step=$((10#${step#step_}))
   [ "$step" -ge "$TOTAL" ] || missing+=("$name (at step $step of $TOTAL; log: $OUT/logs/$name.log)")
 done
-"$PY" benchmark/aggregate.py "$OUT" --max-step "$TOTAL" || missing+=("aggregation")
+"$PY" benchmark/aggregate.py "$OUT" --max-step "$HORIZON" || missing+=("aggregation")  # $TOTAL rounded up to whole batches
 if [ ${#missing[@]} -gt 0 ]; then
   echo "coinrun.sh: error: ${#missing[@]} missing or failed:" >&2
   printf '  %s\n' "${missing[@]}" >&2

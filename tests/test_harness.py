@@ -53,11 +53,13 @@ def test_harness_runs_seeds_x_variants_then_skips_finished_runs(tmp_path):
     assert again.returncode == 0 and again.stdout.count("done already") == 6
     longer = harness("--seeds", "1", "--variants", "ppo_procgen", "--total-timesteps", "512", "--out", tmp_path, "--dry-run")
     assert "--resume" in longer.stdout  # an unfinished run resumes from its latest checkpoint
-    resumed = harness("--seeds", "1", "--variants", "ppo_procgen", "--total-timesteps", "384", "--threads", "1",
+    resumed = harness("--seeds", "1", "--variants", "ppo_procgen", "--total-timesteps", "300", "--threads", "1",
                       "--out", tmp_path, "--", *HARNESS_TINY)  # fmt: skip
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     log = open(tmp_path / "logs" / "ppo_procgen__1.log").read()
     assert "step 256/256" in log and "resuming" in log and "step 384/384" in log  # the log is appended to
+    table = json.load(open(tmp_path / "gap_table.json"))  # 300 steps end at 384 (whole batches of 128): its evaluation counts
+    assert table["variants"]["ppo_procgen"]["beyond"] == {"1": 384}, table["variants"]["ppo_procgen"]
     shorter = harness("--seeds", "1", "2", "--total-timesteps", "256", "--out", tmp_path)
     assert shorter.returncode == 0 and shorter.stdout.count("done already") == 6, shorter.stdout + shorter.stderr
     table = json.load(open(tmp_path / "gap_table.json"))  # the table is at the harness's horizon, not a run's
@@ -65,29 +67,23 @@ def test_harness_runs_seeds_x_variants_then_skips_finished_runs(tmp_path):
 
 
 def test_a_failing_run_fails_the_harness_and_is_named(tmp_path):
-    proc = harness(
-        "--seeds",
-        "1",
-        "--variants",
-        "ppo_procgen",
-        "--total-timesteps",
-        "256",
-        "--threads",
-        "1",
-        "--out",
-        tmp_path,
-        "--",
-        *HARNESS_TINY,
-        "--minibatch-size",
-        "100",
-    )
+    ckpt = tmp_path / "runs" / "coinrun__ppo_procgen__1__1" / "checkpoints" / "step_0000000128.pt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"not a checkpoint")  # the harness resumes the run, which then fails
+    proc = harness("--seeds", "1", "--variants", "ppo_procgen", "--total-timesteps", "256", "--threads", "1",
+                   "--out", tmp_path, "--", *HARNESS_TINY)  # fmt: skip
     assert proc.returncode != 0 and "ppo_procgen__1" in proc.stderr and "logs/ppo_procgen__1.log" in proc.stderr
+    assert "is not a readable checkpoint" in open(tmp_path / "logs" / "ppo_procgen__1.log").read()
 
 
 def test_bad_harness_options_are_refused():
     for args in [["--workers", "0"], ["--variants", "nosuch"], ["--bogus"]]:
         proc = harness(*args, "--dry-run")
         assert proc.returncode != 0 and "coinrun.sh: error" in proc.stderr
+    # arguments after -- that the scripts refuse stop the harness before any run starts
+    proc = harness("--slurm", "--dry-run", "--out", "/nonexistent/out", "--", "--num-envs", "3")
+    assert proc.returncode == 2 and "refuses the arguments after --" in proc.stderr, proc.stderr
+    assert "not divisible by --minibatch-size" in proc.stderr and not os.path.exists("/nonexistent/out")
 
 
 def write_run(root, variant, seed, rows):
@@ -228,7 +224,9 @@ def test_slurm_dry_run_writes_the_job_scripts(tmp_path):
     assert (sdir / "names.txt").read_text().split() == [
         f"{v}__{s}" for v in ["ppo_procgen", "ppo_procgen_aug", "ppo_procgen_nobn"] for s in (1, 2)
     ]
-    assert os.access(sdir / "array.sh", os.X_OK) and "EXPECTED=" in (sdir / "config.sh").read_text()
+    config = (sdir / "config.sh").read_text()
+    assert os.access(sdir / "array.sh", os.X_OK) and "EXPECTED=" in config
+    assert "HORIZON=25001984" in config  # 25M rounded up to whole batches (8 x 256): the runs' last evaluation
     # the aggregation job, run now, names every run as missing and fails
     agg = subprocess.run(["bash", str(sdir / "aggregate.sh"), str(sdir)], capture_output=True, text=True)
     assert agg.returncode != 0 and "missing or failed" in agg.stderr
